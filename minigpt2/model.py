@@ -62,14 +62,40 @@ def causal_mask(T: int, S: int) -> np.ndarray:
     return np.arange(S) <= np.arange(S - T, S)[:, None]
 
 
-def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """q [..., H, T, D], k [..., H, S, D] -> scaled dot products [..., H, T, S], masked positions -inf."""
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [..., H, T, S]; scaling q is cheaper
-    np.copyto(scores, -np.inf, where=~mask)  # causal mask: no attending to later positions
+    if mask is not None:  # None: nothing to hide (one new token may see every position before it)
+        np.copyto(scores, -np.inf, where=~mask)  # causal mask: no attending to later positions
     return scores
 
 
-def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | None, mask: np.ndarray,
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, record: Record = keep,
+              name: str = "attn") -> np.ndarray:
+    """softmax(q k^T / sqrt(D), masked) v: q [..., H, T, D], k and v [..., H, S, D] -> [..., H, T, D]."""
+    scores = record(f"{name}.scores", attention_scores(q, k, mask))  # [..., H, T, S]
+    pattern = record(f"{name}.pattern", softmax(scores))  # [..., H, T, S], rows sum to 1
+    return pattern @ v  # [..., H, T, D]: each position's weighted sum of values
+
+
+def attention_in_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
+                        block: int) -> np.ndarray:
+    """The same numbers as `attention`, for `block` queries at a time; each block reads only the keys up
+    to its own last position, so the masked upper triangle of scores is mostly never computed (for a
+    long prompt nearly half of the attention work, and of its memory)."""
+    T, S = q.shape[-2], k.shape[-2]
+    z = np.empty(q.shape, dtype=q.dtype)  # [..., H, T, D]
+    for i in range(0, T, block):
+        j = min(i + block, T)
+        end = S - T + j  # queries i..j-1 sit at positions up to end-1; later keys are all masked
+        z[..., i:j, :] = attention(q[..., i:j, :], k[..., :end, :], v[..., :end, :], mask[i:j, :end])
+    return z
+
+
+QUERY_BLOCK = 64  # queries per block in attention_in_blocks: small enough to skip most of the masked half, large enough for BLAS
+
+
+def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | None, mask: np.ndarray | None,
         record: Record = keep) -> np.ndarray:
     """Masked multi-head self-attention: x [..., T, C] -> [..., T, C]."""
     name = f"blocks.{layer}.attn"
@@ -79,9 +105,11 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
     q, k, v = record(f"{name}.q", q), record(f"{name}.k", k), record(f"{name}.v", v)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # [..., H, S, D]: all positions so far
-    scores = record(f"{name}.scores", attention_scores(q, k, mask))  # [..., H, T, S]
-    pattern = record(f"{name}.pattern", softmax(scores))  # [..., H, T, S], rows sum to 1
-    z = record(f"{name}.z", pattern @ v)  # [..., H, T, D]: each head's output
+    if record is keep and q.shape[-2] > QUERY_BLOCK:  # a long input whose scores nobody records
+        z = attention_in_blocks(q, k, v, mask, QUERY_BLOCK)  # [..., H, T, D]
+    else:
+        z = attention(q, k, v, mask, record, name)  # [..., H, T, D]
+    z = record(f"{name}.z", z)  # [..., H, T, D]: each head's output
     return record(f"{name}.out", linear(merge_heads(z), **attn["c_proj"]))  # [..., T, C]
 
 
@@ -96,7 +124,7 @@ def mlp(x: np.ndarray, p: Params, layer: int, record: Record = keep) -> np.ndarr
 
 
 def block(x: np.ndarray, p: Params, config: GPT2Config, layer: int, cache: KVCache | None,
-          mask: np.ndarray, record: Record = keep) -> np.ndarray:
+          mask: np.ndarray | None, record: Record = keep) -> np.ndarray:
     """One pre-LN decoder block: x [..., T, C] -> [..., T, C]."""
     eps = config.layer_norm_epsilon
     x = record(f"blocks.{layer}.resid_pre", x)
@@ -115,7 +143,7 @@ def gpt2(ids: np.ndarray, params: Params, config: GPT2Config, cache: KVCache | N
     start = cache.length if cache is not None else 0  # position of the first new token
     x = params["wte"][ids] + params["wpe"][start : start + T]  # [..., T, C]
     x = record("embed", x)
-    mask = causal_mask(T, start + T)  # [T, S]
+    mask = causal_mask(T, start + T) if T > 1 else None  # [T, S]; a single new token may see everything
     for layer, p in enumerate(params["blocks"]):
         x = block(x, p, config, layer, cache, mask, record)  # [..., T, C]
     if cache is not None:

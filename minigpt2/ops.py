@@ -43,9 +43,12 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Normalize each row of x [..., C] to mean 0 and variance 1, then scale by g [C] and shift by b [C]."""
     n = x.shape[-1]  # .sum / n: the same as .mean, without its Python-level overhead (this runs 25x per token)
-    centered = x - x.sum(axis=-1, keepdims=True) / n  # [..., C]
-    var = (centered * centered).sum(axis=-1, keepdims=True) / n  # [..., 1] (biased variance, as in GPT-2)
-    return centered * (g / np.sqrt(var + eps)) + b  # [..., C]
+    y = x - x.sum(axis=-1, keepdims=True) / n  # [..., C] centered; the one new [..., C] array, then in place
+    var = (y * y).sum(axis=-1, keepdims=True) / n  # [..., 1] (biased variance, as in GPT-2)
+    y /= np.sqrt(var + eps)  # [..., C] normalized
+    y *= g
+    y += b
+    return y
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:

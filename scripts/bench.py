@@ -83,11 +83,12 @@ def rate(work: float, times: list[float]) -> dict:
 
 
 def hf_twin(model: GPT2):
-    """transformers' GPT2LMHeadModel (eager attention, float32) holding the same weights."""
+    """transformers' GPT2LMHeadModel holding the same weights, float32, with its default attention (SDPA),
+    as a user gets it from from_pretrained."""
     sys.path.insert(0, str(REPO))
     from tests.reference import hf_model
 
-    return hf_model(model)
+    return hf_model(model, attn_implementation="sdpa")
 
 
 class Roofline:

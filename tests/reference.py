@@ -26,8 +26,11 @@ def hf_state_dict(params) -> dict:
     return sd
 
 
-def hf_model(model):
-    """A transformers GPT2LMHeadModel (eager attention, float32, no dropout) holding `model`'s weights."""
+def hf_model(model, attn_implementation: str = "eager"):
+    """A transformers GPT2LMHeadModel (float32, no dropout) holding `model`'s weights.
+
+    Eager attention by default: it is the one that can return attention patterns (output_attentions).
+    """
     torch = require("torch")
     transformers = require("transformers")
     c = model.config
@@ -36,8 +39,8 @@ def hf_model(model):
         layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new",
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
     )
-    hf = transformers.GPT2LMHeadModel(hf_config, ).to(torch.float32)
-    hf.config._attn_implementation = "eager"
+    hf = transformers.GPT2LMHeadModel(hf_config).to(torch.float32)
+    hf.config._attn_implementation = attn_implementation
     missing, unexpected = hf.load_state_dict(hf_state_dict(model.params), strict=False)
     assert not unexpected, unexpected
     assert all(m.endswith("attn.bias") or m.endswith("masked_bias") for m in missing), missing
