@@ -287,7 +287,7 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{cpu or platform.processor()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-            f"NumPy {np.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+            f"NumPy {np.__version__}, torch {torch.__version__}, transformers {transformers.__version__} (SDPA attention)")
 
 
 def print_table(rows, results):
