@@ -92,7 +92,7 @@ def attention_in_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.nd
     return z
 
 
-QUERY_BLOCK = 64  # queries per block in attention_in_blocks: small enough to skip most of the masked half, large enough for BLAS
+QUERY_BLOCK = 64  # queries per attention block: small enough to skip most of the masked half, big enough for BLAS
 
 
 def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | None, mask: np.ndarray | None,

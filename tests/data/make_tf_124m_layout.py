@@ -5,7 +5,6 @@ sorted h0, h1, h10, h11, h2, ..., prefix-compressed with restart points. Needs T
 
     python tests/data/make_tf_124m_layout.py /tmp/out && cp /tmp/out/model.ckpt.index tests/data/tf-124m-layout.ckpt.index
 """
-import json
 import sys
 
 import numpy as np
