@@ -15,6 +15,8 @@ Params are a nested dict of float32 arrays with GPT-2's own names:
                  "ln_2": {"g", "b"}, "mlp": {"c_fc": {"w": [4C, C], "b"}, "c_proj": {"w": [C, 4C], "b"}}}, ...]}
 subtle: weights are stored [n_out, n_in], transposed from OpenAI's files ([n_in, n_out]), so that
 `linear` streams them row by row (see ops.linear); the loaders transpose once.
+Inputs longer than QUERY_BLOCK tokens compute attention in blocks of queries (`attention_in_blocks`): the
+same numbers as `attention`, without computing most of the scores the causal mask would discard.
 
 Every intermediate passes through `record(name, array)`, which returns the array. The plain forward uses
 `keep` (returns it unchanged); `GPT2.run_with_activations` passes a recorder that stores arrays by name
