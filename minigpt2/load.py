@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, check_data_files, read_checkpoint, read_index
+from .checkpoint import CheckpointError, read_checkpoint
 from .config import GPT2Config, canonical_name
 from .download import MODEL_FILES, VOCAB_FILES, cache_dir, download_openai_files
 from .model import Params, check_params, flatten, param_shapes, unflatten
@@ -126,17 +126,6 @@ def load_openai(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.
     config = GPT2Config.from_hparams(directory / "hparams.json")
     prefix = checkpoint_prefix(directory)
     return config, from_openai(read_checkpoint(prefix), config, str(prefix))
-
-
-def check_openai_files(directory: str | os.PathLike) -> None:
-    """Before converting a download: the index parses, its offsets fit the data files, shapes fit hparams."""
-    directory = Path(directory)
-    config = GPT2Config.from_hparams(directory / "hparams.json")
-    prefix = checkpoint_prefix(directory)
-    num_shards, entries = read_index(prefix)
-    check_data_files(prefix, num_shards, entries)
-    shapes_only = {e.name: np.broadcast_to(np.zeros((), e.dtype), e.shape) for e in entries.values()}  # no memory
-    from_openai(shapes_only, config, str(prefix))
 
 
 def hf_config(path: Path) -> GPT2Config:
@@ -261,11 +250,10 @@ def load_model(name_or_path: str | os.PathLike, progress: bool = True) -> tuple[
         except FormatVersionError:
             pass  # converted by another version: convert again from the downloaded files
     raw = download_openai_files(name, MODEL_FILES, progress=progress)
-    try:
-        check_openai_files(raw)
+    try:  # convert reads and checks everything (index, data file sizes, shapes vs hparams) before writing
+        convert(raw, dest, progress=progress)
     except (CheckpointError, ValueError) as e:
         raise CheckpointError(f"the downloaded files of {name} in {raw} do not fit together: {e}\n"
                               "Delete the file named above to download it again.") from None
-    convert(raw, dest, progress=progress)
     config, flat = load_converted(dest)
     return config, unflatten(flat)

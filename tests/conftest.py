@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY_CHECKPOINT = SHARED / "fixtures" / "tf-gpt2-tiny"
 
-# the GPT-2 pre-tokenizer as tiktoken writes it (an independent spelling of OpenAI's pattern)
 collect_ignore = ["data"]  # tests/data holds fixtures and the script that made one (needs TensorFlow)
 
+# the GPT-2 pre-tokenizer as tiktoken writes it (an independent spelling of OpenAI's pattern)
 TIKTOKEN_GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
