@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -175,33 +174,93 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, progress: bool =
     """Convert a model directory (OpenAI's or HF's) into minigpt2's format at `dest`, with its vocabulary."""
     source = Path(source)
     config, flat = read_dir(source)  # views: each tensor is made contiguous only as it is written
-    extra = [source / n for n in VOCAB_FILES + ("vocab.json", "merges.txt", "hparams.json") if (source / n).is_file()]
-    return save_converted(config, unflatten(flat), dest, extra_files=extra, progress=progress)
+    files = {}
+    for encoder, merges in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
+        if (source / encoder).is_file() and (source / merges).is_file():  # HF's names hold the same formats
+            files = {"encoder.json": (source / encoder).read_bytes(), "vocab.bpe": (source / merges).read_bytes()}
+            break
+    return save_converted(config, unflatten(flat), dest, files=files, progress=progress)
 
 
-def save_converted(config: GPT2Config, params: Params, dest: str | os.PathLike, extra_files: list[Path] = (),
-                   progress: bool = True) -> Path:
-    """Write (config, params) in minigpt2's format at `dest` (plus copies of `extra_files`), atomically.
+def save_converted(config: GPT2Config, params: Params, dest: str | os.PathLike, files: dict[str, bytes] | None = None,
+                   *, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write (config, params) in minigpt2's format into the directory `dest`, plus companion `files`
+    ({name: bytes}, e.g. the vocabulary's encoder.json and vocab.bpe). Returns `dest`.
 
-    Everything is written into a temporary directory beside `dest` and renamed into place at the end, so an
-    interrupted conversion never leaves a half-written model that would later load.
+    Safe in a directory that holds other things: only minigpt2's own files are written, and a file that
+    minigpt2 did not write is never removed or rewritten. A directory holding another kind of model (OpenAI's
+    or Hugging Face's files) is refused unless `overwrite=True`, which adds our files beside theirs (ours are
+    the ones that load) and still removes nothing.
+
+    Atomic: every file is written beside its final name, flushed to disk, and renamed into place. The weights
+    file is renamed last and is the model: it carries the format version, the config and the companion
+    files' contents, and the loaders (also `Tokenizer.from_pretrained`) read those from it. So an
+    interruption at any instant leaves the previous model or the new one, never a mixture, even though the
+    loose companion copies (for other tools) may already be the new ones.
     """
     dest = Path(dest)
+    files = dict(files or {})
     flat = flatten(check_params(params, config))  # float32, in a fixed order
-    tmp = dest.with_name(f".{dest.name}.converting-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config.to_dict())}
-        write_safetensors(tmp / CONVERTED_FILE, flat, meta, progress=progress)
-        for f in extra_files:
-            shutil.copyfile(f, tmp / Path(f).name)
-        if dest.exists():  # an older format version: replaced only now that the new copy is complete
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    check_writable(dest, files, overwrite)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config.to_dict()),
+            "files": json.dumps(sorted(files))}
+    meta.update({f"file:{name}": data.decode("utf-8") for name, data in files.items()})
+    for name, data in files.items():
+        if not ((dest / name).is_file() and (dest / name).read_bytes() == data):  # never rewrite what is already so
+            write_atomically(dest / name, lambda f, data=data: f.write(data))
+    write_atomically(dest / CONVERTED_FILE, lambda f: write_safetensors(f, flat, meta, progress=progress))
     return dest
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call write(file) on a temporary file beside `path`, flush it to disk, then rename it to `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: `path` is the old file or the new one, never half of either
+    finally:
+        tmp.unlink(missing_ok=True)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def other_model_in(directory: Path) -> str | None:
+    """What kind of model not written by minigpt2 `directory` holds, if any."""
+    if (directory / "hparams.json").is_file() or any(directory.glob("*.ckpt.index")):
+        return "OpenAI's checkpoint files (hparams.json, model.ckpt.*)"
+    if (directory / "model.safetensors").is_file() and (directory / "config.json").is_file():
+        return "a Hugging Face model (config.json, model.safetensors)"
+    return None
+
+
+def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool) -> None:
+    """Refuse to save where it would change what another model's directory loads as, or rewrite a file
+    minigpt2 did not write."""
+    kind = other_model_in(dest)
+    if kind and not overwrite:
+        raise FileExistsError(f"{dest} holds {kind}; saving minigpt2's model there would change what the "
+                              "directory loads as. Save into another directory, or pass overwrite=True to add "
+                              "minigpt2's files beside them (nothing is removed)")
+    ours = set()
+    if (dest / CONVERTED_FILE).is_file():
+        try:
+            ours = set(json.loads(read_safetensors(dest / CONVERTED_FILE)[1].get("files", "[]")))
+        except (OSError, ValueError):
+            raise FileExistsError(f"{dest / CONVERTED_FILE} exists but is not a readable minigpt2 model; "
+                                  "remove or move it first") from None
+    for name, data in files.items():
+        path = dest / name
+        if path.exists() and name not in ours and not (path.is_file() and path.read_bytes() == data):
+            raise FileExistsError(f"{path} was not written by minigpt2 and differs from the file this model "
+                                  f"would write there; move it away, or save into another directory")
 
 
 # --- entry point ----------------------------------------------------------------------------------

@@ -229,11 +229,22 @@ class GPT2:
         config, params = load_model(name_or_path)
         return cls(config, params)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model in minigpt2's memory-mapped format; `GPT2.from_pretrained(path)` loads it back."""
+    def save(self, path: str | os.PathLike, tokenizer=None, *, overwrite: bool = False) -> None:
+        """Write the model into the directory `path` in minigpt2's memory-mapped format, with `tokenizer`'s
+        vocabulary if given; `GPT2.from_pretrained(path)` (and `Tokenizer.from_pretrained(path)`) load it back.
+
+        Only minigpt2's own files are written, each atomically; nothing else in `path` is touched. A directory
+        holding OpenAI's or Hugging Face's model is refused unless `overwrite=True` (see load.save_converted).
+        """
         from .load import save_converted
 
-        save_converted(self.config, self.params, path, progress=False)
+        files = {}
+        if tokenizer is not None:
+            if tokenizer.n_vocab > self.config.n_vocab:
+                raise ValueError(f"the tokenizer has {tokenizer.n_vocab} ids but the model only "
+                                 f"n_vocab = {self.config.n_vocab}; they do not belong together")
+            files = tokenizer.files()
+        save_converted(self.config, self.params, path, files, overwrite=overwrite, progress=False)
 
     def __call__(self, ids, *, cache: KVCache | None = None, last_only: bool = False) -> np.ndarray:
         """ids [T] -> logits [T, V] (float32); ids [B, T] -> [B, T, V]. With a cache, ids continue it."""

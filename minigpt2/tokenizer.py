@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import heapq
+import json
 import os
 import re
 from collections import Counter
@@ -24,14 +25,16 @@ from typing import Iterable, Iterator
 import regex
 from tqdm import tqdm
 
+from .safetensors import read_metadata
 from .vocab import (
     ENDOFTEXT,
     byte_order,
-    read_encoder_json,
-    read_vocab_bpe,
+    encoder_json_text,
+    parse_encoder_json,
+    parse_vocab_bpe,
+    read_text,
     token_to_text,
-    write_encoder_json,
-    write_vocab_bpe,
+    vocab_bpe_text,
 )
 
 # OpenAI's pre-tokenizer (encoder.py): contractions, letters, digits, other symbols, whitespace.
@@ -40,6 +43,9 @@ from .vocab import (
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 Pair = tuple[bytes, bytes]
+ENCODER_FILE, MERGES_FILE = "encoder.json", "vocab.bpe"
+PATTERN_FILE = "minigpt2-tokenizer.json"  # {"pattern": ...}: the pre-tokenizer, when saved by minigpt2
+MODEL_FILE = "minigpt2.safetensors"  # a model saved by minigpt2 carries its vocabulary's files inside
 
 # --- pre-tokenizing fast ---------------------------------------------------------------------------
 # Speed, not meaning: on ASCII text the pattern above is exactly this one, with \p{L} = [A-Za-z],
@@ -210,23 +216,42 @@ class Tokenizer:
     # --- loading and saving ---
 
     @classmethod
-    def from_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> Tokenizer:
+    def from_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike,
+                   pattern: str = GPT2_SPLIT_PATTERN) -> Tokenizer:
         """Load OpenAI's `encoder.json` + `vocab.bpe` (or Hugging Face's `vocab.json` + `merges.txt`)."""
-        encoder, special = read_encoder_json(encoder_json)
-        merges = read_vocab_bpe(vocab_bpe)
+        return cls.from_texts(read_text(encoder_json, "encoder"), read_text(vocab_bpe, "merges"),
+                              pattern, where=(os.fspath(encoder_json), os.fspath(vocab_bpe)))
+
+    @classmethod
+    def from_texts(cls, encoder_json: str, vocab_bpe: str, pattern: str = GPT2_SPLIT_PATTERN,
+                   where: tuple[str, str] = ("encoder.json", "vocab.bpe")) -> Tokenizer:
+        """Build from the two files' contents (`where` names them in errors)."""
+        merges = parse_vocab_bpe(vocab_bpe, where[1])
+        encoder, special = parse_encoder_json(encoder_json, merges, where[0])
         try:
-            return cls(encoder, merges, special)
+            return cls(encoder, merges, special, pattern=pattern)
         except ValueError as e:
-            raise ValueError(f"{os.fspath(encoder_json)} and {os.fspath(vocab_bpe)} do not belong together: {e}") from None
+            raise ValueError(f"{where[0]} and {where[1]} do not belong together: {e}") from None
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load from a directory holding encoder.json + vocab.bpe (OpenAI) or vocab.json + merges.txt (HF)."""
+        """Load from a directory: a model saved by minigpt2 (its vocabulary is inside the weights file), or
+        encoder.json + vocab.bpe (OpenAI) or vocab.json + merges.txt (HF), with minigpt2's pattern file if any."""
         path = os.fspath(path)
-        for encoder_name, merges_name in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
+        weights = os.path.join(path, MODEL_FILE)
+        if os.path.isfile(weights):
+            meta = read_metadata(weights)
+            if f"file:{ENCODER_FILE}" in meta and f"file:{MERGES_FILE}" in meta:
+                return cls.from_texts(meta[f"file:{ENCODER_FILE}"], meta[f"file:{MERGES_FILE}"],
+                                      read_pattern(meta.get(f"file:{PATTERN_FILE}"), weights),
+                                      where=(f"{weights} ({ENCODER_FILE})", f"{weights} ({MERGES_FILE})"))
+        pattern_file = os.path.join(path, PATTERN_FILE)
+        pattern = read_pattern(read_text(pattern_file, PATTERN_FILE), pattern_file) if os.path.isfile(pattern_file) \
+            else GPT2_SPLIT_PATTERN
+        for encoder_name, merges_name in ((ENCODER_FILE, MERGES_FILE), ("vocab.json", "merges.txt")):
             e, m = os.path.join(path, encoder_name), os.path.join(path, merges_name)
             if os.path.isfile(e) and os.path.isfile(m):
-                return cls.from_files(e, m)
+                return cls.from_files(e, m, pattern)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"tokenizer directory not found: {path}")
         found = sorted(os.listdir(path))
@@ -246,11 +271,27 @@ class Tokenizer:
 
         return cls.from_dir(download_openai_files(name_or_path, VOCAB_FILES))
 
+    def files(self) -> dict[str, bytes]:
+        """The files that hold this tokenizer: encoder.json and vocab.bpe in OpenAI's exact formats, and
+        minigpt2-tokenizer.json with the pre-tokenizer pattern."""
+        return {ENCODER_FILE: encoder_json_text(self.encoder, self.special_tokens).encode("utf-8"),
+                MERGES_FILE: vocab_bpe_text(self.merges).encode("utf-8"),
+                PATTERN_FILE: json.dumps({"pattern": self.pattern}).encode("utf-8")}
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write `encoder.json` + `vocab.bpe` in OpenAI's exact formats (they load in tiktoken and HF too)."""
+        """Write `encoder.json` + `vocab.bpe` in OpenAI's exact formats (they load in tiktoken and HF too) and
+        minigpt2-tokenizer.json (the pattern), each file replaced atomically; `from_dir` reads them back."""
         os.makedirs(path, exist_ok=True)
-        write_encoder_json(os.path.join(path, "encoder.json"), self.encoder, self.special_tokens)
-        write_vocab_bpe(os.path.join(path, "vocab.bpe"), self.merges)
+        for name, data in self.files().items():
+            final = os.path.join(path, name)
+            tmp = os.path.join(path, f".{name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, final)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
 
     # --- sizes ---
 
@@ -401,6 +442,18 @@ class StreamDecoder:
     def flush(self) -> str:
         """End of stream: any unfinished character becomes U+FFFD."""
         return self._utf8.decode(b"", final=True)
+
+
+def read_pattern(text: str | None, where: str) -> str:
+    """minigpt2-tokenizer.json's text (None: no such file) -> the pre-tokenizer pattern."""
+    if text is None:
+        return GPT2_SPLIT_PATTERN
+    try:
+        pattern = json.loads(text)["pattern"]
+        regex.compile(pattern)
+    except (ValueError, KeyError, TypeError, regex.error) as e:
+        raise ValueError(f"{where}: expected {{\"pattern\": <a regular expression>}} ({e})") from None
+    return pattern
 
 
 # --- checks -----------------------------------------------------------------------------------------

@@ -68,73 +68,77 @@ def text_to_token(text: str, where: str = "vocabulary file") -> bytes:
 # --- reading --------------------------------------------------------------------------------------
 
 
-def read_encoder_json(path: str | os.PathLike) -> tuple[dict[bytes, int], dict[str, int]]:
-    """encoder.json -> ({token bytes: id} for ordinary tokens, {special token text: id}).
-
-    Special tokens (`<|endoftext|>`) are the entries written as `<|...|>` that are not made of merges;
-    they are returned separately because they never come out of BPE.
-    """
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A vocabulary file's text, with errors that name the file."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"encoder file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); expected GPT-2's encoder.json / vocab.json") from None
+        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); expected GPT-2's {what} file") from None
+
+
+def parse_encoder_json(text: str, merges: list[tuple[bytes, bytes]], where: str = "encoder.json",
+                       ) -> tuple[dict[bytes, int], dict[str, int]]:
+    """encoder.json's text -> ({token bytes: id} for ordinary tokens, {special token text: id}).
+
+    Special tokens (`<|endoftext|>`) are the entries written as `<|...|>` that no merge makes; they are
+    returned separately because they never come out of BPE. subtle: a learned token may look like `<|...|>`
+    too (say "<|>"); it is the result of a merge, and so ordinary.
+    """
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{where} is not valid JSON ({e}); expected GPT-2's encoder.json / vocab.json") from None
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: expected a JSON object mapping tokens to ids, got {type(raw).__name__}")
+        raise ValueError(f"{where}: expected a JSON object mapping tokens to ids, got {type(raw).__name__}")
+    merged = {token_to_text(a + b) for a, b in merges}
     encoder: dict[bytes, int] = {}
     special: dict[str, int] = {}
-    for text, idx in raw.items():
+    for token, idx in raw.items():
         if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            raise ValueError(f"{path}: token {text!r} has id {idx!r}; ids must be non-negative integers")
-        if text.startswith("<|") and text.endswith("|>"):
-            special[text] = idx
+            raise ValueError(f"{where}: token {token!r} has id {idx!r}; ids must be non-negative integers")
+        if token.startswith("<|") and token.endswith("|>") and token not in merged:
+            special[token] = idx
         else:
-            encoder[text_to_token(text, where=path)] = idx
+            encoder[text_to_token(token, where=where)] = idx
     return encoder, special
 
 
-def read_vocab_bpe(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
-    """vocab.bpe -> merges in rank order, as pairs of token bytes."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"merges file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e}); expected GPT-2's vocab.bpe / merges.txt") from None
+def parse_vocab_bpe(text: str, where: str = "vocab.bpe") -> list[tuple[bytes, bytes]]:
+    """vocab.bpe's text -> merges in rank order, as pairs of token bytes (none is allowed: bytes only)."""
+    lines = text.split("\n")
     # subtle: the first line is a "#version: 0.2" header, not a merge; the file ends with a newline.
-    if lines and lines[0].startswith("#version"):
+    header = bool(lines) and lines[0].startswith("#version")
+    if header:
         lines = lines[1:]
     merges = []
-    for lineno, line in enumerate(lines, start=2):
+    for lineno, line in enumerate(lines, start=2 if header else 1):
         if not line:
             continue
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise ValueError(f"{path}, line {lineno}: expected two tokens separated by one space, got {line!r}")
-        merges.append((text_to_token(parts[0], where=path), text_to_token(parts[1], where=path)))
-    if not merges:
-        raise ValueError(f"{path} holds no merges; expected GPT-2's vocab.bpe / merges.txt")
+            raise ValueError(f"{where}, line {lineno}: expected two tokens separated by one space, got {line!r}")
+        merges.append((text_to_token(parts[0], where=where), text_to_token(parts[1], where=where)))
+    if not merges and not header:
+        raise ValueError(f"{where} holds no merges and no '{VOCAB_BPE_HEADER}' header; expected GPT-2's "
+                         "vocab.bpe / merges.txt")
     return merges
 
 
 # --- writing --------------------------------------------------------------------------------------
 
 
-def write_encoder_json(path: str | os.PathLike, encoder: dict[bytes, int], special: dict[str, int]) -> None:
-    """Write encoder.json exactly as OpenAI did: one line, ", " and ": " separators, non-ASCII escaped."""
+def encoder_json_text(encoder: dict[bytes, int], special: dict[str, int]) -> str:
+    """encoder.json exactly as OpenAI wrote it: one line, ", " and ": " separators, non-ASCII escaped."""
     items = {token_to_text(t): i for t, i in sorted(encoder.items(), key=lambda kv: kv[1])}
     items.update(special)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(items))  # json's defaults are OpenAI's format
+    return json.dumps(items)  # json's defaults are OpenAI's format
 
 
-def write_vocab_bpe(path: str | os.PathLike, merges: list[tuple[bytes, bytes]]) -> None:
-    """Write vocab.bpe exactly as OpenAI did: header line, one "left right" merge per line, final newline."""
+def vocab_bpe_text(merges: list[tuple[bytes, bytes]]) -> str:
+    """vocab.bpe exactly as OpenAI wrote it: header line, one "left right" merge per line, final newline."""
     lines = [VOCAB_BPE_HEADER] + [f"{token_to_text(a)} {token_to_text(b)}" for a, b in merges]
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"

@@ -180,7 +180,10 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tiny_checkpoint, tmp_p
     monkeypatch.setattr(load, "write_safetensors", crash)
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_checkpoint, tmp_path / "converted", progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "converted" / CONVERTED_FILE).exists()
+    assert not [p for p in (tmp_path / "converted").iterdir() if p.name.endswith(".tmp")], "temporary files left"
+    with pytest.raises(CheckpointError):
+        GPT2.from_pretrained(tmp_path / "converted")
 
 
 # --- downloading from a local server in OpenAI's URL layout ---------------------------------------

@@ -12,7 +12,7 @@ ALLOWED = {
     "checkpoint": set(),
     "safetensors": set(),
     "download": {"config"},
-    "tokenizer": {"vocab", "download"},
+    "tokenizer": {"vocab", "download", "safetensors"},
     "model": {"config", "ops", "load", "generate"},  # load and generate only lazily, inside methods
     "load": {"checkpoint", "config", "download", "model", "safetensors"},
     "sample": {"ops"},
