@@ -16,24 +16,38 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from .model import GPT2, KVCache, check_ids
+from .checkpoint import CheckpointError
+from .download import DownloadError
+from .load import load_model
+from .model import KVCache, check_ids, gpt2
 from .sample import apply_repetition_penalty, check_sampling_args, sample
+from .tokenizer import Tokenizer
+from .vocab import ENDOFTEXT
 
 EOT_ID = 50256  # GPT-2's <|endoftext|>
 
 
-def stream(model: GPT2, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+def default_eot_id(model) -> int | None:
+    """GPT-2's <|endoftext|> id if the model's vocabulary has room for it; a model trained on another
+    vocabulary is given its own (`Tokenizer.eot_id`) by the caller."""
+    return EOT_ID if model.config.n_vocab > EOT_ID else None
+
+
+def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-           stop_at_eot: bool = True, num_samples: int | None = None) -> Iterator[np.ndarray]:
+           stop_at_eot: bool = True, num_samples: int | None = None, eot_id: int | None = None,
+           ) -> Iterator[np.ndarray]:
     """Yield new ids as they are made: an int array [] (one sample) or [num_samples] per step.
 
-    Stops after `max_new_tokens` steps, or when every sample has produced <|endoftext|> (if `stop_at_eot`);
-    a sample that has finished keeps yielding EOT_ID.
+    `model` is a GPT2 (anything with .config and .params). Stops after `max_new_tokens` steps, or when every
+    sample has produced the end-of-text id `eot_id` (default GPT-2's 50256) if `stop_at_eot`; a sample that
+    has finished keeps yielding it.
     """
     # every check happens here, so that bad arguments fail at the call rather than at the first step
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
@@ -45,13 +59,24 @@ def stream(model: GPT2, ids, max_new_tokens: int, *, temperature: float = 1.0, t
     if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
         raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
     check_ids(prompt[-model.config.n_ctx:], model.config, None)
+    outside = (prompt < 0) | (prompt >= model.config.n_vocab)  # every id, also those a long prompt drops
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"token id {prompt[i]} at prompt position {i} is outside the vocabulary "
+                         f"[0, {model.config.n_vocab})")
+    eot_id = default_eot_id(model) if eot_id is None else eot_id
+    if eot_id is not None and not 0 <= eot_id < model.config.n_vocab:
+        raise ValueError(f"eot_id {eot_id} is outside the vocabulary [0, {model.config.n_vocab})")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     return _steps(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                  np.random.default_rng(seed), stop_at_eot, num_samples)
+                  np.random.default_rng(seed), stop_at_eot and eot_id is not None, num_samples,
+                  -1 if eot_id is None else eot_id)
 
 
-def _steps(model: GPT2, prompt: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,
+def _steps(model, prompt: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,
            top_p: float | None, repetition_penalty: float | None, rng: np.random.Generator, stop_at_eot: bool,
-           num_samples: int | None) -> Iterator[np.ndarray]:
+           num_samples: int | None, eot_id: int) -> Iterator[np.ndarray]:
     """The loop itself (see `stream`)."""
     n_ctx = model.config.n_ctx
     batch = num_samples or 1
@@ -63,8 +88,8 @@ def _steps(model: GPT2, prompt: np.ndarray, max_new_tokens: int, temperature: fl
             logits = np.stack([apply_repetition_penalty(row, ctx, repetition_penalty)
                                for row, ctx in zip(logits, context)])
         next_ids = sample(logits, rng, temperature, top_k, top_p)  # [B]
-        next_ids = np.where(done, EOT_ID, next_ids)
-        done |= stop_at_eot & (next_ids == EOT_ID)
+        next_ids = np.where(done, eot_id, next_ids)
+        done |= stop_at_eot & (next_ids == eot_id)
         yield next_ids if num_samples else next_ids[0]
         if done.all() or step == max_new_tokens - 1:
             return
@@ -72,25 +97,26 @@ def _steps(model: GPT2, prompt: np.ndarray, max_new_tokens: int, temperature: fl
         if cache.length == n_ctx:  # the window is full: slide it
             cache, logits = prefill(model, context[:, -(n_ctx // 2):])
         else:
-            logits = model(next_ids[:, None], cache=cache)[:, -1]  # [B, 1] -> [B, V]
+            logits = gpt2(next_ids[:, None], model.params, model.config, cache)[:, -1]  # [B, 1] -> [B, V]
 
 
-def prefill(model: GPT2, context: np.ndarray) -> tuple[KVCache, np.ndarray]:
+def prefill(model, context: np.ndarray) -> tuple[KVCache, np.ndarray]:
     """Run the prompt [B, T] (T <= n_ctx) into a fresh cache; return it and the last position's logits [B, V]."""
-    cache = model.new_cache(batch_size=context.shape[0])
-    logits = model(context, cache=cache, last_only=True)  # [B, 1, V]
+    cache = KVCache(model.config, batch_size=context.shape[0])
+    logits = gpt2(context, model.params, model.config, cache, last_only=True)  # [B, 1, V]
     return cache, logits[:, -1]
 
 
-def generate(model: GPT2, ids, max_new_tokens: int, *, num_samples: int | None = None, progress: bool = False,
-             **kwargs) -> list[int] | list[list[int]]:
+def generate(model, ids, max_new_tokens: int, *, num_samples: int | None = None, progress: bool = False,
+             eot_id: int | None = None, **kwargs) -> list[int] | list[list[int]]:
     """The new ids (without the prompt, and without the final <|endoftext|>): a list, or one per sample."""
-    steps = stream(model, ids, max_new_tokens, num_samples=num_samples, **kwargs)
+    steps = stream(model, ids, max_new_tokens, num_samples=num_samples, eot_id=eot_id, **kwargs)
     rows = [np.atleast_1d(s) for s in tqdm(steps, total=max_new_tokens, desc="generating", unit="tok",
                                            disable=not progress, leave=False)]
     out = np.stack(rows, axis=1).tolist() if rows else [[] for _ in range(num_samples or 1)]  # [B, steps]
-    if kwargs.get("stop_at_eot", True):
-        out = [row[: row.index(EOT_ID)] if EOT_ID in row else row for row in out]
+    eot_id = default_eot_id(model) if eot_id is None else eot_id
+    if kwargs.get("stop_at_eot", True) and eot_id is not None:
+        out = [row[: row.index(eot_id)] if eot_id in row else row for row in out]
     return out if num_samples else out[0]
 
 
@@ -129,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         check_sampling_args(args.temperature, args.top_k or None, args.top_p, args.repetition_penalty)
         if args.max_new_tokens < 0 or args.num_samples < 1:
             raise ValueError("--max-new-tokens must be >= 0 and --num-samples >= 1")
+        if args.seed is not None and args.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     except ValueError as e:
         print(f"minigpt2-generate: error: {str(e).replace('top_p', '--top-p').replace('top_k', '--top-k')}", file=err)
         return 2
@@ -136,20 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-
-    from .checkpoint import CheckpointError
-    from .download import DownloadError
-    from .tokenizer import Tokenizer
-
     try:
-        model = GPT2.from_pretrained(args.model)
-        tok = Tokenizer.from_pretrained(args.model)
-        ids = tok.encode(prompt) if prompt else [EOT_ID]  # no prompt: start after <|endoftext|>, as OpenAI does
+        config, params = load_model(args.model)
+        model = SimpleNamespace(config=config, params=params)  # what the loop reads of a GPT2
+        tok = model_tokenizer(args.model, config.n_vocab)
+        eot_id = tok.special_tokens.get(ENDOFTEXT)
+        if not prompt and eot_id is None:
+            raise ValueError("an empty prompt starts after <|endoftext|>, which this vocabulary does not have")
+        ids = tok.encode(prompt) if prompt else [eot_id]  # no prompt: start after <|endoftext|>, as OpenAI does
     except (OSError, ValueError, CheckpointError, DownloadError) as e:
         print(f"minigpt2-generate: error: {e}", file=err)
         return 2
     options = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, seed=args.seed, stop_at_eot=not args.no_stop)
+                   repetition_penalty=args.repetition_penalty, seed=args.seed, stop_at_eot=not args.no_stop,
+                   eot_id=eot_id)
     try:
         print_continuations(model, tok, ids, args, options)
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, as a shell tool does
@@ -162,11 +190,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_continuations(model: GPT2, tok, ids: list[int], args: argparse.Namespace, options: dict) -> None:
+def model_tokenizer(model: str, n_vocab: int) -> Tokenizer:
+    """The model's own vocabulary; for a directory without one, GPT-2's if the sizes fit (saying so)."""
+    try:
+        return Tokenizer.from_pretrained(model)
+    except FileNotFoundError:
+        if not os.path.isdir(model) or n_vocab != EOT_ID + 1:
+            raise
+    print(f"minigpt2-generate: {model} holds no vocabulary; using GPT-2's (save the model with its tokenizer, "
+          "model.save(dir, tokenizer), to keep its own)", file=sys.stderr)
+    return Tokenizer.from_pretrained("124M")
+
+
+def print_continuations(model, tok: Tokenizer, ids: list[int], args: argparse.Namespace, options: dict) -> None:
     """Stream one continuation to stdout as it is made, or print several when they are done."""
     if args.num_samples == 1 and not args.no_stream:
         decoder = tok.stream_decoder()
         for i in stream(model, ids, args.max_new_tokens, **options):
+            if i == options["eot_id"] and options["stop_at_eot"]:
+                break  # the end of the text is not part of it (as generate() leaves it out)
             sys.stdout.write(decoder.push(int(i)))
             sys.stdout.flush()
         sys.stdout.write(decoder.flush() + "\n")
@@ -177,6 +219,7 @@ def print_continuations(model: GPT2, tok, ids: list[int], args: argparse.Namespa
         if args.num_samples > 1:
             print(f"{'=' * 30} sample {n} {'=' * 30}")
         print(tok.decode(new), flush=True)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -289,7 +289,7 @@ def read_dir(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.nda
 def load_dir(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.ndarray]]:
     """Any of the three formats -> (config, flat params ready to run: contiguous, [n_out, n_in])."""
     config, flat = read_dir(directory)
-    return config, {k: np.ascontiguousarray(v) for k, v in flat.items()}  # no copy for the converted format
+    return config, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}  # no copy for ours
 
 
 def load_model(name_or_path: str | os.PathLike, progress: bool = True) -> tuple[GPT2Config, Params]:

@@ -26,7 +26,6 @@ Every intermediate passes through `record(name, array)`, which returns the array
 from __future__ import annotations
 
 import math
-import os
 from fnmatch import fnmatchcase
 from typing import Callable
 
@@ -138,9 +137,10 @@ def block(x: np.ndarray, p: Params, config: GPT2Config, layer: int, cache: KVCac
     return record(f"blocks.{layer}.resid_post", x)
 
 
-def gpt2(ids: np.ndarray, params: Params, config: GPT2Config, cache: KVCache | None = None,
-         record: Record = keep, last_only: bool = False) -> np.ndarray:
-    """ids [..., T] -> logits [..., T, V] (or [..., 1, V] with last_only). Appends to `cache` if given."""
+def transformer(ids: np.ndarray, params: Params, config: GPT2Config, cache: KVCache | None = None,
+                record: Record = keep, last_only: bool = False) -> np.ndarray:
+    """ids [..., T] -> the final layer norm's output [..., T, C] (or [..., 1, C] with last_only): everything
+    but the LM head. Appends to `cache` if given."""
     T = ids.shape[-1]
     start = cache.length if cache is not None else 0  # position of the first new token
     x = params["wte"][ids] + params["wpe"][start : start + T]  # [..., T, C]
@@ -152,7 +152,13 @@ def gpt2(ids: np.ndarray, params: Params, config: GPT2Config, cache: KVCache | N
         cache.length += T
     if last_only:
         x = x[..., -1:, :]  # [..., 1, C]: generation needs only the next-token logits
-    x = record("ln_f", layer_norm(x, **params["ln_f"], eps=config.layer_norm_epsilon))
+    return record("ln_f", layer_norm(x, **params["ln_f"], eps=config.layer_norm_epsilon))  # [..., T, C]
+
+
+def gpt2(ids: np.ndarray, params: Params, config: GPT2Config, cache: KVCache | None = None,
+         record: Record = keep, last_only: bool = False) -> np.ndarray:
+    """ids [..., T] -> logits [..., T, V] (or [..., 1, V] with last_only). Appends to `cache` if given."""
+    x = transformer(ids, params, config, cache, record, last_only)  # [..., T, C]
     # tied LM head: the token embedding, [V, C], is the output projection too
     return record("logits", linear(x, params["wte"]))  # [..., T, C] -> [..., T, V]
 
@@ -187,132 +193,6 @@ class KVCache:
         return self.k.nbytes + self.v.nbytes
 
 
-# --- the model ------------------------------------------------------------------------------------
-
-
-class GPT2:
-    """GPT-2: `GPT2(config, params)`, `GPT2.init(config)`, or `GPT2.from_pretrained("124M")`.
-
-    >>> model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=4, n_head=2, n_layer=1))
-    >>> model(np.array([1, 2, 3])).shape
-    (3, 10)
-    """
-
-    def __init__(self, config: GPT2Config, params: Params):
-        self.config = config
-        self.params = check_params(params, config)
-
-    @classmethod
-    def init(cls, config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
-        """GPT-2's initialisation: normal(0, std) weights (wpe: std/2), residual projections scaled by
-        1/sqrt(2 n_layer), zero biases, unit layer-norm gains."""
-        rng = np.random.default_rng(seed)
-        proj_std = std / math.sqrt(2 * config.n_layer)
-        flat = {}
-        for name, shape in param_shapes(config).items():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "g":
-                flat[name] = np.ones(shape, np.float32)
-            elif leaf == "b":
-                flat[name] = np.zeros(shape, np.float32)
-            else:
-                scale = proj_std if name.endswith("c_proj.w") else std / 2 if name == "wpe" else std
-                flat[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-        return cls(config, unflatten(flat))
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "124M") -> GPT2:
-        """A released model by name ("124M", "gpt2-xl", ...; downloaded and converted once) or a directory:
-        OpenAI's checkpoint files, a Hugging Face save_pretrained directory, or a converted copy."""
-        from .load import load_model
-
-        config, params = load_model(name_or_path)
-        return cls(config, params)
-
-    def save(self, path: str | os.PathLike, tokenizer=None, *, overwrite: bool = False) -> None:
-        """Write the model into the directory `path` in minigpt2's memory-mapped format, with `tokenizer`'s
-        vocabulary if given; `GPT2.from_pretrained(path)` (and `Tokenizer.from_pretrained(path)`) load it back.
-
-        Only minigpt2's own files are written, each atomically; nothing else in `path` is touched. A directory
-        holding OpenAI's or Hugging Face's model is refused unless `overwrite=True` (see load.save_converted).
-        """
-        from .load import save_converted
-
-        files = {}
-        if tokenizer is not None:
-            if tokenizer.n_vocab > self.config.n_vocab:
-                raise ValueError(f"the tokenizer has {tokenizer.n_vocab} ids but the model only "
-                                 f"n_vocab = {self.config.n_vocab}; they do not belong together")
-            files = tokenizer.files()
-        save_converted(self.config, self.params, path, files, overwrite=overwrite, progress=False)
-
-    def __call__(self, ids, *, cache: KVCache | None = None, last_only: bool = False) -> np.ndarray:
-        """ids [T] -> logits [T, V] (float32); ids [B, T] -> [B, T, V]. With a cache, ids continue it."""
-        ids = check_ids(ids, self.config, cache)
-        return gpt2(ids, self.params, self.config, cache, last_only=last_only)
-
-    def generate(self, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-                 stop_at_eot: bool = True, num_samples: int | None = None, progress: bool = False):
-        """Continue the prompt `ids` [T] with up to `max_new_tokens` new ids (temperature=0: greedy).
-
-        Returns the new ids as a list (without a final <|endoftext|>), or a list per sample when
-        `num_samples` is given (the samples run together as one batch). See minigpt2.generate.
-        """
-        from .generate import generate  # the loop lives downstream, with the sampler
-
-        return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        repetition_penalty=repetition_penalty, seed=seed, stop_at_eot=stop_at_eot,
-                        num_samples=num_samples, progress=progress)
-
-    def stream(self, ids, max_new_tokens: int, **kwargs):
-        """Like `generate`, but yields each new id as soon as it is made (a list of ids per step with
-        `num_samples`). Arguments are checked at the call."""
-        from .generate import stream
-
-        return (i.tolist() for i in stream(self, ids, max_new_tokens, **kwargs))  # numpy -> int / list of int
-
-    def new_cache(self, batch_size: int | None = None) -> KVCache:
-        """An empty KV cache for one sequence (ids [T]) or a batch (ids [B, T])."""
-        return KVCache(self.config, batch_size)
-
-    def run_with_activations(self, ids, names: str | list[str] | None = None,
-                             hooks: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
-                             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Forward pass that also returns every intermediate by name (see `activation_names`).
-
-        `names`: names or glob patterns to keep ("blocks.*.attn.pattern"); default all.
-        `hooks`: {name or pattern: f(array) -> array}, applied where that activation is made; what f returns
-        flows on through the model (e.g. zero one head of "blocks.3.attn.z").
-        """
-        ids = check_ids(ids, self.config, None)
-        patterns = [names] if isinstance(names, str) else names
-        recorded: dict[str, np.ndarray] = {}
-
-        def record(name: str, x: np.ndarray) -> np.ndarray:
-            for pattern, hook in (hooks or {}).items():
-                if fnmatchcase(name, pattern):
-                    x = np.asarray(hook(x), dtype=np.float32)
-            if patterns is None or any(fnmatchcase(name, p) for p in patterns):
-                recorded[name] = x
-            return x
-
-        logits = gpt2(ids, self.params, self.config, record=record)
-        return logits, recorded
-
-    def activation_names(self) -> list[str]:
-        """Every name `run_with_activations` records, in the order the forward pass makes them."""
-        _, acts = self.run_with_activations(np.zeros(1, dtype=np.int64))
-        return list(acts)
-
-    @property
-    def num_params(self) -> int:
-        return sum(a.size for a in flatten(self.params).values())
-
-    def __repr__(self) -> str:
-        return f"GPT2({self.config}, {self.num_params / 1e6:.1f}M params)"
-
-
 # --- checks at the edges --------------------------------------------------------------------------
 
 
@@ -334,6 +214,60 @@ def check_ids(ids, config: GPT2Config, cache: KVCache | None) -> np.ndarray:
     if cache is not None and ids.ndim == 2 and ids.shape[0] != cache.batch_size:
         raise ValueError(f"batch of {ids.shape[0]} sequences does not match the cache's batch_size={cache.batch_size}")
     return ids
+
+
+def init_params(config: GPT2Config, seed: int = 0, std: float = 0.02) -> Params:
+    """GPT-2's initialisation: normal(0, std) weights (wpe: std/2), residual projections scaled by
+    1/sqrt(2 n_layer), zero biases, unit layer-norm gains."""
+    rng = np.random.default_rng(seed)
+    proj_std = std / math.sqrt(2 * config.n_layer)
+    flat = {}
+    for name, shape in param_shapes(config).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "g":
+            flat[name] = np.ones(shape, np.float32)
+        elif leaf == "b":
+            flat[name] = np.zeros(shape, np.float32)
+        else:
+            scale = proj_std if name.endswith("c_proj.w") else std / 2 if name == "wpe" else std
+            flat[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+    return unflatten(flat)
+
+
+def recorder(names: str | list[str] | None = None, hooks: dict[str, Callable] | None = None,
+             ) -> tuple[Record, dict[str, np.ndarray], set[str]]:
+    """A `record` for the forward that keeps the activations matching `names` (glob patterns; None: all) and
+    lets `hooks` ({pattern: f(array) -> array}) replace them. Returns (record, recorded, patterns that matched).
+
+    A hook must return an array of the activation's shape; anything else is an error naming both.
+    """
+    patterns = [names] if isinstance(names, str) else names
+    recorded: dict[str, np.ndarray] = {}
+    matched: set[str] = set()
+
+    def record(name: str, x: np.ndarray) -> np.ndarray:
+        for pattern, hook in (hooks or {}).items():
+            if fnmatchcase(name, pattern):
+                matched.add(pattern)
+                out = hook(x)
+                if out is None:
+                    raise ValueError(f"the hook for {pattern!r} returned None at activation {name!r}; a hook must "
+                                     "return the (possibly edited) array, e.g. end it with `return x`")
+                out = np.asarray(out, dtype=np.float32)
+                if out.shape != x.shape:
+                    raise ValueError(f"the hook for {pattern!r} returned shape {out.shape} at activation {name!r}, "
+                                     f"which has shape {x.shape}; a hook must keep the shape")
+                x = out
+        if patterns is None:
+            recorded[name] = x
+        else:
+            for p in patterns:
+                if fnmatchcase(name, p):
+                    matched.add(p)
+                    recorded[name] = x
+        return x
+
+    return record, recorded, matched
 
 
 def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:

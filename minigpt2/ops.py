@@ -1,4 +1,8 @@
-"""The equations GPT-2 is made of, one function each, float32 in -> float32 out.
+"""The equations GPT-2 is made of, one function each, float32 in -> float32 out; each backward beside its forward.
+
+A backward takes the gradient of the loss with respect to the forward's output (`dy`) and what the forward
+saw, and returns the gradients with respect to its inputs and parameters (`dx`, `dw`, `db`, ...), same names,
+same shapes. Every function works in float64 too, so that finite differences can check it.
 
 subtle: NumPy 2 promotes float32 arrays to float64 when mixed with NumPy float64 scalars (np.sqrt(64.0),
 np.pi); Python floats keep float32. Every constant here is a Python float for that reason.
@@ -28,6 +32,14 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return y
 
 
+def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """d gelu(x) / dx, chained with dy: with t = tanh(u), y = 0.5 x (1 + t), so
+    dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    s = math.sqrt(2.0 / math.pi)
+    t = np.tanh(s * (x + 0.044715 * x * x * x))  # [...]
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (s * (1.0 + 3.0 * 0.044715 * x * x)))
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x) / sum(exp(x)) along `axis`, shifted by the max so exp never overflows.
 
@@ -38,6 +50,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     np.exp(e, out=e)
     e *= 1.0 / e.sum(axis=axis, keepdims=True)  # multiply by the reciprocal: cheaper than dividing every entry
     return e
+
+
+def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Through y = softmax(x): dx = y * (dy - sum(dy * y)), the Jacobian diag(y) - y y^T applied to dy."""
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -51,6 +68,26 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -
     return y
 
 
+def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float = 1e-5,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Through y = g * xhat + b, xhat = (x - mean) / sqrt(var + eps): (dx [..., C], dg [C], db [C]).
+
+    dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), with dxhat = dy * g: the two means
+    remove what flows into the row's mean and variance.
+    """
+    n = x.shape[-1]
+    xc = x - x.sum(axis=-1, keepdims=True) / n  # [..., C] centered
+    rstd = 1.0 / np.sqrt((xc * xc).sum(axis=-1, keepdims=True) / n + eps)  # [..., 1]
+    xhat = xc * rstd  # [..., C]
+    rows = tuple(range(dy.ndim - 1))  # every axis but the last: the parameters are shared by all rows
+    dg = (dy * xhat).sum(axis=rows)  # [C]
+    db = dy.sum(axis=rows)  # [C]
+    dxhat = dy * g  # [..., C]
+    dx = dxhat - dxhat.sum(axis=-1, keepdims=True) / n - xhat * ((dxhat * xhat).sum(axis=-1, keepdims=True) / n)
+    dx *= rstd  # [..., C]
+    return dx, dg, db
+
+
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x [..., n_in] @ w.T + b -> [..., n_out], with w stored [n_out, n_in] (GPT-2's "Conv1D", transposed).
 
@@ -61,3 +98,35 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     if b is not None:
         y += b  # in place: no second [N, n_out] array
     return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Through y = x @ w.T + b: (dx = dy @ w [..., n_in], dw = dy^T x [n_out, n_in], db = sum of dy [n_out])."""
+    dy2 = dy.reshape(-1, dy.shape[-1])  # [N, n_out]: batch and time folded into rows, as in the forward
+    x2 = x.reshape(-1, x.shape[-1])  # [N, n_in]
+    dx = (dy2 @ w).reshape(*dy.shape[:-1], w.shape[1])  # [..., n_in]
+    dw = dy2.T @ x2  # [n_out, n_in]: every row's outer product, summed
+    db = dy2.sum(axis=0)  # [n_out]
+    return dx, dw, db
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row negative log-likelihood of the targets: logits [N, V], targets [N] -> (nll [N], probs [N, V]).
+
+    Stable: log softmax(x)[t] = x[t] - max(x) - log(sum(exp(x - max(x)))). The probabilities come back too,
+    because the backward is made of them.
+    """
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # [N, V]
+    probs = np.exp(shifted)  # [N, V], unnormalized
+    total = probs.sum(axis=-1, keepdims=True)  # [N, 1]
+    nll = np.log(total[:, 0]) - shifted[np.arange(len(targets)), targets]  # [N]
+    probs /= total  # [N, V]: softmax(logits)
+    return nll, probs
+
+
+def cross_entropy_backward(dnll: np.ndarray, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Through nll = -log softmax(logits)[target]: dlogits = dnll * (softmax(logits) - onehot(target)) [N, V].
+    Overwrites `probs` (the forward's softmax), which is not needed afterwards."""
+    probs[np.arange(len(targets)), targets] -= 1.0
+    probs *= dnll[:, None]
+    return probs

@@ -55,3 +55,24 @@ def hf_forward(hf, ids, **kwargs):
     batch = ids if ids.ndim == 2 else ids[None]
     with torch.no_grad():
         return hf(torch.from_numpy(batch.astype(np.int64)), **kwargs)
+
+
+def torch_loss_and_grads(model, ids, targets, dtype="float64"):
+    """Loss and gradients of `model`'s weights from transformers + torch autograd (in float64 by default),
+    as (loss, {our flat name: gradient in our layout}). Targets of -1 are ignored, as ours."""
+    torch = require("torch")
+    hf = hf_model(model).to(getattr(torch, dtype))
+    ids, targets = np.atleast_2d(ids), np.atleast_2d(targets)
+    logits = hf(torch.from_numpy(ids.astype(np.int64))).logits  # [B, T, V]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             torch.from_numpy(targets.astype(np.int64)).reshape(-1), ignore_index=-1)
+    loss.backward()
+    grads = {}
+    hf_params = dict(hf.named_parameters())
+    for name in flatten(model.params):
+        *path, leaf = name.replace("blocks.", "h.").split(".")
+        hf_name = f"transformer.{name}.weight" if name in ("wte", "wpe") else \
+            "transformer." + ".".join(path + [{"g": "weight", "b": "bias", "w": "weight"}[leaf]])
+        g = hf_params[hf_name].grad.numpy()
+        grads[name] = g.T if leaf == "w" and name not in ("wte", "wpe") else g  # Conv1D [in, out] -> ours
+    return loss.item(), grads

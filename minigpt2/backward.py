@@ -1,0 +1,241 @@
+"""ids, targets -> loss and d loss / d params: backpropagation through GPT-2, the forward mirrored.
+
+The loss is the mean next-token cross-entropy, -1/N sum_t log P(targets[t] | ids[..t]), over the N positions
+whose target is not -1 (padding, or the prompt of a fine-tuning example). Maximising the likelihood of the
+text, as GPT-2 was pre-trained, is minimising this.
+
+    forward (model.py)                          backward (here), in reverse order
+    x = wte[ids] + wpe[positions]               dwte[ids] += dx; dwpe[positions] += dx   (embedding_backward)
+    for each block:                             for each block, last first:         (block_backward)
+        x = x + mha(ln_1(x))                        dx += ln_1 <- mha_backward(dx)
+        x = x + mlp(ln_2(x))                        dx += ln_2 <- mlp_backward(dx)
+    h = ln_f(x); logits = h @ wte.T             dh, dwte = lm_head_and_loss(...)  (the tied head: wte again)
+
+The forward is model.transformer itself: its `record` hook keeps, by name, the activations the backward
+reads (SAVED). Kept per token and layer: the block's input and midpoint, both layer norms' outputs, q, k,
+v and z, and the MLP's input and output of GELU: 16 C floats, 48 KB at the 124M shape (C = 768), 590 KB per
+token for all 12 layers. Not kept: attention patterns ([H, T, T] per layer), recomputed block by block from
+q and k; logits ([T, V], 201 KB per token at V = 50257), made HEAD_ROWS rows at a time in the head, whose
+backward runs right away on each chunk.
+
+Legend as in model.py: T tokens, C n_embd, H n_head, D = C // H, V n_vocab, N rows that have a target.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import GPT2Config
+from .model import (
+    QUERY_BLOCK,
+    Params,
+    attention_scores,
+    causal_mask,
+    merge_heads,
+    split_heads,
+    transformer,
+)
+from .ops import (
+    cross_entropy,
+    cross_entropy_backward,
+    gelu_backward,
+    layer_norm_backward,
+    linear,
+    linear_backward,
+    softmax,
+    softmax_backward,
+)
+
+# the activations the backward reads, by the last part of their names (model.py's record names)
+SAVED = {"resid_pre", "ln_1", "q", "k", "v", "z", "resid_mid", "ln_2", "pre", "post", "resid_post", "ln_f"}
+HEAD_ROWS = 256  # rows of logits made at a time in the LM head: 51 MB at V = 50257, instead of [B*T, V]
+
+
+# --- the loss -------------------------------------------------------------------------------------
+
+
+def check_targets(targets, ids: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Targets: integers of the ids' shape, each in [0, n_vocab) or -1 (no loss at that position)."""
+    targets = np.asarray(targets)
+    if targets.dtype == bool or not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets must be integers, got dtype {targets.dtype}")
+    if targets.shape != ids.shape:
+        raise ValueError(f"targets have shape {targets.shape} but ids have shape {ids.shape}; give one target "
+                         "per position (-1 where there is none)")
+    bad = (targets < -1) | (targets >= n_vocab)
+    if bad.any():
+        raise ValueError(f"target {targets[bad].flat[0]} is outside [-1, {n_vocab}) (-1 means no loss there)")
+    if not (targets >= 0).any():
+        raise ValueError("every target is -1: there is no position to compute a loss on")
+    return targets
+
+
+def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
+                     ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """Mean cross-entropy of the tied head's logits h @ wte.T: h [..., T, C], targets [..., T] ->
+    (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `backward`.
+
+    Only rows with a target go through the head, HEAD_ROWS at a time, each chunk's logits turned into its
+    gradient in place: at most one [HEAD_ROWS, V] array is alive, never [B*T, V].
+    """
+    C = h.shape[-1]
+    h2, t2 = h.reshape(-1, C), targets.reshape(-1)  # [B*T, C], [B*T]
+    rows = np.flatnonzero(t2 >= 0)  # [N] positions that are scored
+    n = len(rows)
+    total = 0.0
+    dh = np.zeros_like(h2) if backward else None  # [B*T, C]: ignored positions get no gradient
+    dwte = np.zeros_like(wte) if backward else None  # [V, C]
+    for i in range(0, n, HEAD_ROWS):
+        r = rows[i : i + HEAD_ROWS]
+        x, t = h2[r], t2[r]  # [n, C], [n]
+        logits = linear(x, wte)  # [n, V]
+        nll, probs = cross_entropy(logits, t)  # [n], [n, V]
+        total += float(nll.sum(dtype=np.float64))
+        if backward:
+            dlogits = cross_entropy_backward(np.full(len(r), 1.0 / n, dtype=h.dtype), probs, t)  # [n, V]
+            dh[r] = dlogits @ wte  # [n, V] @ [V, C] -> [n, C]
+            dwte += dlogits.T @ x  # [V, n] @ [n, C] -> [V, C]
+    loss = total / n
+    return (loss, dh.reshape(h.shape), dwte) if backward else (loss, None, None)
+
+
+# --- attention ------------------------------------------------------------------------------------
+
+
+def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Through z = softmax(q k^T / sqrt(D), masked) v: dz [..., H, T, D] -> (dq [..., H, T, D], dk, dv [..., H, S, D]).
+
+    The pattern is recomputed from q and k rather than kept from the forward ([H, T, S] per layer).
+    Masked positions have pattern 0, so softmax_backward gives their scores no gradient.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    pattern = softmax(attention_scores(q, k, mask))  # [..., H, T, S], as in the forward
+    dv = pattern.swapaxes(-1, -2) @ dz  # [..., H, S, T] @ [..., H, T, D] -> [..., H, S, D]
+    dpattern = dz @ v.swapaxes(-1, -2)  # [..., H, T, D] @ [..., H, D, S] -> [..., H, T, S]
+    dscores = softmax_backward(dpattern, pattern)  # [..., H, T, S]
+    dq = (dscores @ k) * scale  # [..., H, T, D]
+    dk = (dscores.swapaxes(-1, -2) @ q) * scale  # [..., H, S, D]
+    return dq, dk, dv
+
+
+def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
+                                 block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`attention_in_blocks` mirrored: each block of queries sends gradient to the keys and values it read."""
+    T, S = q.shape[-2], k.shape[-2]
+    dq = np.empty_like(q)  # [..., H, T, D]
+    dk, dv = np.zeros_like(k), np.zeros_like(v)  # [..., H, S, D]: several blocks read the same keys
+    for i in range(0, T, block):
+        j = min(i + block, T)
+        end = S - T + j  # as in the forward: the keys up to the block's last query
+        dq_i, dk_i, dv_i = attention_backward(dz[..., i:j, :], q[..., i:j, :], k[..., :end, :], v[..., :end, :],
+                                              mask[i:j, :end])
+        dq[..., i:j, :] = dq_i
+        dk[..., :end, :] += dk_i
+        dv[..., :end, :] += dv_i
+    return dq, dk, dv
+
+
+def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer: int, mask: np.ndarray | None,
+                 ) -> tuple[np.ndarray, Params]:
+    """`mha` mirrored: dout [..., T, C] -> (d its input [..., T, C], grads of c_attn and c_proj)."""
+    name = f"blocks.{layer}.attn"
+    q, k, v, z = (acts[f"{name}.{a}"] for a in "qkvz")  # [..., H, T, D] each
+    dmerged, dw_proj, db_proj = linear_backward(dout, merge_heads(z), attn["c_proj"]["w"])  # [..., T, C]
+    dz = split_heads(dmerged, n_head)  # [..., H, T, D]
+    if q.shape[-2] > QUERY_BLOCK:  # the blocked form, as a long input's forward would run
+        dq, dk, dv = attention_in_blocks_backward(dz, q, k, v, mask, QUERY_BLOCK)
+    else:
+        dq, dk, dv = attention_backward(dz, q, k, v, mask)  # [..., H, T, D] each
+    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [..., T, 3C]
+    dx, dw_attn, db_attn = linear_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"]["w"])  # [..., T, C]
+    return dx, {"c_attn": {"w": dw_attn, "b": db_attn}, "c_proj": {"w": dw_proj, "b": db_proj}}
+
+
+# --- MLP and block --------------------------------------------------------------------------------
+
+
+def mlp_backward(dout: np.ndarray, p: Params, acts: dict, layer: int) -> tuple[np.ndarray, Params]:
+    """`mlp` mirrored: dout [..., T, C] -> (d its input [..., T, C], grads of c_fc and c_proj)."""
+    name = f"blocks.{layer}.mlp"
+    dpost, dw_proj, db_proj = linear_backward(dout, acts[f"{name}.post"], p["c_proj"]["w"])  # [..., T, 4C]
+    dpre = gelu_backward(dpost, acts[f"{name}.pre"])  # [..., T, 4C]
+    dx, dw_fc, db_fc = linear_backward(dpre, acts[f"blocks.{layer}.ln_2"], p["c_fc"]["w"])  # [..., T, C]
+    return dx, {"c_fc": {"w": dw_fc, "b": db_fc}, "c_proj": {"w": dw_proj, "b": db_proj}}
+
+
+def block_backward(dx: np.ndarray, p: Params, acts: dict, config: GPT2Config, layer: int,
+                   mask: np.ndarray | None) -> tuple[np.ndarray, Params]:
+    """`block` mirrored: d its output [..., T, C] -> (d its input [..., T, C], grads of the block's params).
+
+    Each residual connection x + f(x) passes dx straight through and adds what flows back through f.
+    """
+    eps, name = config.layer_norm_epsilon, f"blocks.{layer}"
+    # x = x_mid + mlp(ln_2(x_mid))
+    dh, d_mlp = mlp_backward(dx, p["mlp"], acts, layer)  # [..., T, C]
+    dh, dg_2, db_2 = layer_norm_backward(dh, acts[f"{name}.resid_mid"], p["ln_2"]["g"], eps)
+    dx = dx + dh  # [..., T, C]: d x_mid
+    # x_mid = x_pre + mha(ln_1(x_pre))
+    dh, d_attn = mha_backward(dx, p["attn"], acts, config.n_head, layer, mask)  # [..., T, C]
+    dh, dg_1, db_1 = layer_norm_backward(dh, acts[f"{name}.resid_pre"], p["ln_1"]["g"], eps)
+    dx = dx + dh  # [..., T, C]: d x_pre
+    return dx, {"ln_1": {"g": dg_1, "b": db_1}, "attn": d_attn, "ln_2": {"g": dg_2, "b": db_2}, "mlp": d_mlp}
+
+
+def embedding_backward(dx: np.ndarray, ids: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """Through x = wte[ids] + wpe[0..T-1]: dx [..., T, C] -> (dwte [V, C], dwpe [n_ctx, C]).
+
+    A lookup's backward is a scatter-add: every occurrence of an id adds its row of dx to that id's row.
+    """
+    T, C = dx.shape[-2:]
+    dwte = np.zeros_like(params["wte"])  # [V, C]
+    np.add.at(dwte, ids.reshape(-1), dx.reshape(-1, C))  # repeated ids accumulate, unlike dwte[ids] += dx
+    dwpe = np.zeros_like(params["wpe"])  # [n_ctx, C]
+    dwpe[:T] = dx.reshape(-1, T, C).sum(axis=0)  # every sequence of the batch uses positions 0..T-1
+    return dwte, dwpe
+
+
+# --- the whole model ------------------------------------------------------------------------------
+
+
+def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config) -> tuple[np.ndarray, dict]:
+    """model.transformer, keeping the activations the backward reads: (h [..., T, C], {name: array})."""
+    acts: dict[str, np.ndarray] = {}
+
+    def record(name: str, x: np.ndarray) -> np.ndarray:
+        if name.rsplit(".", 1)[-1] in SAVED:
+            acts[name] = x
+        return x
+
+    return transformer(ids, params, config, record=record), acts
+
+
+def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2Config, acts: dict) -> Params:
+    """`transformer` mirrored: dh (d the final layer norm's output) [..., T, C] -> grads of every parameter
+    except the head's share of wte (the caller adds it)."""
+    T = ids.shape[-1]
+    mask = causal_mask(T, T) if T > 1 else None
+    x_last = acts[f"blocks.{config.n_layer - 1}.resid_post"]  # [..., T, C]: ln_f's input
+    dx, dg, db = layer_norm_backward(dh, x_last, params["ln_f"]["g"], config.layer_norm_epsilon)
+    blocks = [None] * config.n_layer
+    for layer in reversed(range(config.n_layer)):
+        dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask)
+    dwte, dwpe = embedding_backward(dx, ids, params)
+    return {"wte": dwte, "wpe": dwpe, "blocks": blocks, "ln_f": {"g": dg, "b": db}}
+
+
+def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> tuple[float, Params]:
+    """(mean cross-entropy, grads with the structure, shapes and dtype of params). ids, targets [T] or [B, T]."""
+    h, acts = forward_for_backward(ids, params, config)  # [..., T, C]
+    loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets)
+    grads = gpt2_backward(dh, ids, params, config, acts)
+    grads["wte"] += dwte_head  # tied: wte is both the embedding and the output projection
+    return loss, grads
+
+
+def loss(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> float:
+    """The mean cross-entropy alone: the plain forward, nothing kept for a backward."""
+    h = transformer(ids, params, config)  # [..., T, C]
+    return lm_head_and_loss(h, params["wte"], targets, backward=False)[0]

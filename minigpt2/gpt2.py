@@ -1,0 +1,142 @@
+"""GPT2: the user-facing model, one object for everything minigpt2 does with one.
+
+It holds a config and params and delegates each job to the module that does it, all of them upstream:
+the forward and the KV cache (model), loading and saving (load), generation (generate), gradients (backward).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from . import backward
+from .config import GPT2Config
+from .generate import generate, stream
+from .load import load_model, save_converted
+from .model import KVCache, Params, check_ids, check_params, flatten, gpt2, init_params, recorder
+
+
+class GPT2:
+    """GPT-2: `GPT2(config, params)`, `GPT2.init(config)`, or `GPT2.from_pretrained("124M")`.
+
+    >>> model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=4, n_head=2, n_layer=1))
+    >>> model(np.array([1, 2, 3])).shape
+    (3, 10)
+    """
+
+    def __init__(self, config: GPT2Config, params: Params):
+        self.config = config
+        self.params = check_params(params, config)
+
+    @classmethod
+    def init(cls, config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
+        """A new model with GPT-2's initialisation (see model.init_params)."""
+        return cls(config, init_params(config, seed, std))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "124M") -> GPT2:
+        """A released model by name ("124M", "gpt2-xl", ...; downloaded and converted once) or a directory:
+        OpenAI's checkpoint files, a Hugging Face save_pretrained directory, or one written by `save`."""
+        config, params = load_model(name_or_path)
+        return cls(config, params)
+
+    def save(self, path: str | os.PathLike, tokenizer=None, *, overwrite: bool = False) -> None:
+        """Write the model into the directory `path` in minigpt2's memory-mapped format, with `tokenizer`'s
+        vocabulary if given; `GPT2.from_pretrained(path)` (and `Tokenizer.from_pretrained(path)`) load it back.
+
+        Only minigpt2's own files are written, each atomically; nothing else in `path` is touched. A directory
+        holding OpenAI's or Hugging Face's model is refused unless `overwrite=True` (see load.save_converted).
+        """
+        files = {}
+        if tokenizer is not None:
+            if tokenizer.n_vocab > self.config.n_vocab:
+                raise ValueError(f"the tokenizer has {tokenizer.n_vocab} ids but the model only "
+                                 f"n_vocab = {self.config.n_vocab}; they do not belong together")
+            files = tokenizer.files()
+        save_converted(self.config, self.params, path, files, overwrite=overwrite, progress=False)
+
+    # --- running it ---
+
+    def __call__(self, ids, *, cache: KVCache | None = None, last_only: bool = False) -> np.ndarray:
+        """ids [T] -> logits [T, V] (float32); ids [B, T] -> [B, T, V]. With a cache, ids continue it."""
+        ids = check_ids(ids, self.config, cache)
+        return gpt2(ids, self.params, self.config, cache, last_only=last_only)
+
+    def new_cache(self, batch_size: int | None = None) -> KVCache:
+        """An empty KV cache for one sequence (ids [T]) or a batch (ids [B, T])."""
+        return KVCache(self.config, batch_size)
+
+    def generate(self, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+                 stop_at_eot: bool = True, num_samples: int | None = None, progress: bool = False,
+                 eot_id: int | None = None):
+        """Continue the prompt `ids` [T] with up to `max_new_tokens` new ids (temperature=0: greedy).
+
+        Returns the new ids as a list (without a final <|endoftext|>), or a list per sample when
+        `num_samples` is given (the samples run together as one batch). See minigpt2.generate.
+        """
+        return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        repetition_penalty=repetition_penalty, seed=seed, stop_at_eot=stop_at_eot,
+                        num_samples=num_samples, progress=progress, eot_id=eot_id)
+
+    def stream(self, ids, max_new_tokens: int, **kwargs):
+        """Like `generate`, but yields each new id as soon as it is made (a list of ids per step with
+        `num_samples`). Arguments are checked at the call."""
+        return (i.tolist() for i in stream(self, ids, max_new_tokens, **kwargs))  # numpy -> int / list of int
+
+    # --- looking inside ---
+
+    def run_with_activations(self, ids, names: str | list[str] | None = None,
+                             hooks: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+                             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Forward pass that also returns every intermediate by name (see `activation_names`).
+
+        `names`: names or glob patterns to keep ("blocks.*.attn.pattern"); default all.
+        `hooks`: {name or pattern: f(array) -> array}, applied where that activation is made; what f returns
+        flows on through the model (e.g. zero one head of "blocks.3.attn.z"). A pattern of `names` or `hooks`
+        that matches no activation is an error (a typo would otherwise quietly do nothing).
+        """
+        ids = check_ids(ids, self.config, None)
+        record, recorded, matched = recorder(names, hooks)
+        logits = gpt2(ids, self.params, self.config, record=record)
+        wanted = ([names] if isinstance(names, str) else list(names or [])) + list(hooks or {})
+        unmatched = [p for p in wanted if p not in matched]
+        if unmatched:
+            raise ValueError(f"{unmatched[0]!r} matches no activation of this model; names look like "
+                             f"'blocks.0.attn.z' (blocks 0..{self.config.n_layer - 1}); see activation_names()")
+        return logits, recorded
+
+    def activation_names(self) -> list[str]:
+        """Every name `run_with_activations` records, in the order the forward pass makes them."""
+        _, acts = self.run_with_activations(np.zeros(1, dtype=np.int64))
+        return list(acts)
+
+    # --- learning ---
+
+    def loss_and_grads(self, ids, targets) -> tuple[float, Params]:
+        """(mean next-token cross-entropy, its gradient): ids and targets [T] or [B, T] integers; a target of -1
+        marks a position without loss. grads has the structure, shapes and dtype of `params`.
+
+        >>> model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=4, n_head=2, n_layer=1))
+        >>> loss, grads = model.loss_and_grads([1, 2, 3], [2, 3, -1])
+        >>> grads["blocks"][0]["attn"]["c_attn"]["w"].shape
+        (12, 4)
+        """
+        ids = check_ids(ids, self.config, None)
+        targets = backward.check_targets(targets, ids, self.config.n_vocab)
+        return backward.loss_and_grads(ids, targets, self.params, self.config)
+
+    def loss(self, ids, targets) -> float:
+        """The mean next-token cross-entropy alone (no activations kept)."""
+        ids = check_ids(ids, self.config, None)
+        targets = backward.check_targets(targets, ids, self.config.n_vocab)
+        return backward.loss(ids, targets, self.params, self.config)
+
+    @property
+    def num_params(self) -> int:
+        return sum(a.size for a in flatten(self.params).values())
+
+    def __repr__(self) -> str:
+        return f"GPT2({self.config}, {self.num_params / 1e6:.1f}M params)"
