@@ -20,8 +20,16 @@ def greedy(logits: np.ndarray) -> np.ndarray:
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """logits / T: T < 1 sharpens the distribution, T > 1 flattens it."""
-    return logits / temperature
+    """(logits - max) / T: T < 1 sharpens the distribution, T > 1 flattens it.
+
+    subtle: shifted by each row's max first (softmax does not change), so the largest logit becomes 0 and
+    nothing can overflow to +inf, however small T is: as T -> 0 every other logit goes to -inf and the
+    distribution becomes greedy (ties share the mass), its limit, never NaN.
+    """
+    with np.errstate(over="ignore"):  # a tiny T sends the others to -inf: probability 0, as it should
+        shifted = logits - logits.max(axis=-1, keepdims=True)  # [..., V], <= 0
+        # float64: a T as small as 5e-324 is 0 in float32, and 0 / 0 would be NaN
+        return (shifted / np.float64(temperature)).astype(logits.dtype)
 
 
 def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
@@ -54,8 +62,10 @@ def apply_repetition_penalty(logits: np.ndarray, previous: Iterable[int], penalt
     if ids.size == 0:
         return logits
     out = logits.copy()
-    seen = out[ids]
-    out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    seen = out[ids].astype(np.float64)
+    with np.errstate(over="ignore"):  # an extreme penalty: +-inf, capped below to the largest finite value
+        out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    np.minimum(out, np.finfo(out.dtype).max, out=out)  # +inf would make the softmax NaN; the largest still wins
     return out
 
 

@@ -4,7 +4,8 @@
     server.faults["/models/124M/model.ckpt.data-00000-of-00001"] = ["drop_half", "ok"]  # one per request
 
 Faults: "ok", "503", "404", "drop_half" (announce the full size, send half, close), "short" (announce the full
-size, send all but 100 bytes, close). Range requests ("bytes=N-") are answered with 206 like Azure does.
+size, send all but 100 bytes, close), "short_range" (a well-formed 206 whose Content-Range promises the rest of
+the file but whose body, and Content-Length, hold only half of it: the HTTP layer sees nothing wrong). Range requests ("bytes=N-") are answered with 206 like Azure does.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class FileServer:
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                if fault == "short_range":
+                    part = part[: len(part) // 2]
                 self.send_header("Content-Length", str(len(part)))
                 self.send_header("Connection", "close")
                 self.end_headers()

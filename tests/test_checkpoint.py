@@ -383,3 +383,95 @@ def test_full_size_openai_index_written_by_tensorflow():
     spans = sorted((e.offset, e.offset + e.size) for e in entries.values())
     assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])), "tensors tile the data file"
     assert spans[-1][1] == 124_439_808 * 4
+
+
+def test_a_partial_answer_shorter_than_its_range_is_never_taken_as_complete(bucket):
+    """A 206 whose Content-Range promises the rest of the file but whose body (with a matching
+    Content-Length, so the HTTP layer sees nothing wrong) holds half of it: the size check must catch it."""
+    path = f"/models/124M/{DATA_FILE}"
+    bucket.faults[path] = ["drop_half", "short_range", "ok"]
+    dl.download_openai_files("124M", (DATA_FILE,))
+    ranges = [r for p, r in bucket.requests if p == path]
+    assert len(ranges) == 3 and ranges[1] is not None and ranges[2] is not None, "resumed twice"
+    assert (dl.openai_dir("124M") / DATA_FILE).read_bytes() == bucket.files[path]
+
+
+def test_a_server_whose_ranges_always_fall_short_fails_and_keeps_the_part(bucket, monkeypatch):
+    monkeypatch.setattr(dl, "RETRIES", 2)
+    path = "/models/124M/encoder.json"
+    bucket.faults[path] = ["drop_half"] + ["short_range"] * 2
+    with pytest.raises(dl.DownloadError, match="encoder.json after 3 attempts"):
+        dl.download_openai_files("124M", ("encoder.json",))
+    raw = dl.openai_dir("124M")
+    assert not (raw / "encoder.json").exists() and (raw / "encoder.json.part").is_file()
+
+
+# --- Hugging Face files in every dtype and layout the loader accepts ------------------------------
+
+
+def hf_tensors(model) -> dict:
+    """Our params -> Hugging Face's GPT-2 names and layout (Conv1D weights [n_in, n_out]), as numpy."""
+    from .reference import hf_state_dict
+
+    return {k: v.numpy() for k, v in hf_state_dict(model.params).items()}
+
+
+def write_hf_dir(directory: Path, model, tensors: dict, writer=None) -> Path:
+    import json
+
+    c = model.config
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "vocab_size": c.n_vocab, "n_positions": c.n_ctx, "n_embd": c.n_embd,
+        "n_layer": c.n_layer, "n_head": c.n_head, "layer_norm_epsilon": c.layer_norm_epsilon,
+        "activation_function": "gelu_new"}))
+    (writer or write_safetensors)(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from minigpt2 import GPT2Config
+
+    return GPT2.init(GPT2Config(n_vocab=300, n_ctx=32, n_embd=16, n_head=2, n_layer=2), seed=4, std=0.3)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_hugging_face_files_load_in_every_dtype(tmp_path, small_model, dtype):
+    """Written by the safetensors package from torch tensors; what loads must be exactly torch's own widening
+    of those tensors to float32 (bfloat16 is the top half of a float32, float16 its own format)."""
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch", reason="safetensors is missing: pip install -e '.[reference]'")
+    from .reference import hf_state_dict
+
+    sd = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in hf_state_dict(small_model.params).items()}
+    del sd["lm_head.weight"]  # tied: save_pretrained leaves it out
+    directory = tmp_path / dtype
+    directory.mkdir()
+    write_hf_dir(directory, small_model, sd, writer=lambda t, path: st.save_file(t, path))
+    loaded = GPT2.from_pretrained(directory)
+    expected = {k: v.float().numpy() for k, v in sd.items()}
+    np.testing.assert_array_equal(loaded.params["wte"], expected["transformer.wte.weight"])
+    np.testing.assert_array_equal(loaded.params["blocks"][1]["mlp"]["c_fc"]["w"],
+                                  expected["transformer.h.1.mlp.c_fc.weight"].T)
+    np.testing.assert_array_equal(loaded.params["ln_f"]["g"], expected["transformer.ln_f.weight"])
+    assert loaded.params["wte"].dtype == np.float32
+    if dtype != "float32":
+        assert not np.array_equal(loaded.params["wte"], small_model.params["wte"]), "really stored narrower"
+    np.testing.assert_allclose(loaded([1, 2, 3]), small_model([1, 2, 3]), atol={"float32": 1e-5}.get(dtype, 0.5))
+
+
+@pytest.mark.reference
+def test_an_untied_lm_head_is_refused(tmp_path, small_model):
+    tensors = hf_tensors(small_model)
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 1.5  # no longer the token embedding
+    write_hf_dir(tmp_path, small_model, tensors, writer=lambda t, path: write_safetensors(path, t))
+    with pytest.raises(CheckpointError, match="lm_head.weight differs from wte"):
+        GPT2.from_pretrained(tmp_path)
+
+
+@pytest.mark.reference
+def test_a_tied_lm_head_saved_with_the_weights_loads(tmp_path, small_model):
+    write_hf_dir(tmp_path, small_model, hf_tensors(small_model), writer=lambda t, path: write_safetensors(path, t))
+    np.testing.assert_allclose(GPT2.from_pretrained(tmp_path)([5, 6]), small_model([5, 6]), atol=1e-6)

@@ -272,3 +272,70 @@ def test_stream_yields_python_ints_or_lists(tiny):
     assert all(type(i) is int for i in one)
     several = list(tiny.stream([1, 2], 3, seed=0, stop_at_eot=False, num_samples=2))
     assert all(isinstance(step, list) and len(step) == 2 for step in several)
+
+
+# --- every sampling option through generate, stream and the command line --------------------------
+
+
+def test_top_p_of_one_is_allowed_and_filters_nothing(tiny):
+    sample(LOGITS, np.random.default_rng(0), top_p=1.0)  # documented as allowed: (0, 1]
+    prompt = [464, 2068]
+    assert tiny.generate(prompt, 15, seed=4, top_p=1.0) == tiny.generate(prompt, 15, seed=4)
+    assert list(tiny.stream(prompt, 15, seed=4, top_p=1.0)) == tiny.generate(prompt, 15, seed=4)
+
+
+def test_cli_top_p_of_one(tiny_checkpoint):
+    a = run_cli("Hello", "--model", str(tiny_checkpoint), "--max-new-tokens", "8", "--seed", "1", "--top-p", "1")
+    b = run_cli("Hello", "--model", str(tiny_checkpoint), "--max-new-tokens", "8", "--seed", "1")
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
+def eot_model():
+    """A model that, from its second new token on, always prefers <|endoftext|>."""
+    config = GPT2Config(n_vocab=50257, n_ctx=32, n_embd=8, n_head=2, n_layer=1)
+    model = GPT2.init(config, seed=0)
+    model.params["wte"][50256] = 5.0 * model.params["ln_f"]["g"]
+    model.params["ln_f"]["b"][:] = 1.0
+    return model
+
+
+def test_stream_stops_once_every_sample_has_ended():
+    model = eot_model()
+    steps = list(model.stream([1, 2], 20, temperature=0))
+    assert steps[-1] == 50256 and steps.count(50256) == 1, "one <|endoftext|>, then the stream ends"
+    batch = list(model.stream([1, 2], 20, temperature=0, num_samples=3))
+    assert len(batch) == len(steps) < 20 and batch[-1] == [50256] * 3
+    assert len(list(model.stream([1, 2], 20, temperature=0, stop_at_eot=False))) == 20
+
+
+def test_each_sample_is_penalised_with_its_own_history(tiny):
+    """generate(num_samples=3, repetition_penalty) equals a loop written from the definition: every step
+    recomputes each sample's logits from its own tokens and penalises the tokens that sample has seen."""
+    prompt, n, penalty = [464, 2068, 7586], 12, 3.0
+    out = tiny.generate(prompt, n, seed=7, top_k=5, repetition_penalty=penalty, num_samples=3, stop_at_eot=False)
+    rng = np.random.default_rng(7)
+    contexts = [list(prompt) for _ in range(3)]
+    for _ in range(n):
+        logits = np.stack([apply_repetition_penalty(tiny(ctx)[-1], ctx, penalty) for ctx in contexts])
+        for ctx, i in zip(contexts, sample(logits, rng, 1.0, 5, None)):
+            ctx.append(int(i))
+    assert out == [ctx[len(prompt):] for ctx in contexts]
+    assert len({tuple(s) for s in out}) > 1, "the samples differ, so their histories do"
+
+
+def test_a_tiny_temperature_is_greedy_not_token_zero(tiny):
+    prompt = [464, 2068, 7586]
+    greedy = tiny.generate(prompt, 5, temperature=0, stop_at_eot=False)
+    for t in (1e-40, 5e-324, 1e-30):
+        assert tiny.generate(prompt, 5, temperature=t, seed=0, stop_at_eot=False) == greedy
+        assert tiny.generate(prompt, 5, temperature=t, top_k=3, top_p=0.5, seed=0, stop_at_eot=False) == greedy
+    for penalty in (1e-40, 1e40):  # extreme penalties: some logits overflow, the distribution must not be NaN
+        out = tiny.generate(prompt, 5, repetition_penalty=penalty, seed=0, stop_at_eot=False)
+        assert len(out) == 5 and out != [0] * 5
+    row = apply_repetition_penalty(np.array([2.0, -1.0, 3.0], np.float32), [0, 1], 1e-40)
+    assert np.isfinite(row).all() and row.argmax() == 0
+
+
+def test_cli_tiny_temperature_is_greedy(tiny_checkpoint):
+    args = ("Hello", "--model", str(tiny_checkpoint), "--max-new-tokens", "6", "--no-stop")
+    assert run_cli(*args, "--temperature", "1e-45").stdout == run_cli(*args, "--temperature", "0").stdout

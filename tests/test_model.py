@@ -281,3 +281,14 @@ def test_config_validates():
     with pytest.raises(ValueError, match="unknown model name"):
         GPT2Config.from_name("gpt3")
     assert GPT2Config.from_name("gpt2-xl") == GPT2Config(n_embd=1600, n_head=25, n_layer=48)
+
+
+@pytest.mark.parametrize("name, n_params", [("124M", 124_439_808), ("355M", 354_823_168),
+                                            ("774M", 774_030_080), ("1558M", 1_557_611_200)])
+def test_every_released_size_has_its_published_parameter_count(name, n_params):
+    from minigpt2.model import param_shapes
+
+    config = GPT2Config.from_name(name)
+    assert sum(int(np.prod(s)) for s in param_shapes(config).values()) == n_params
+    assert config.n_vocab == 50257 and config.n_ctx == 1024 and config.n_embd % config.n_head == 0
+    assert config.head_dim == 64

@@ -320,3 +320,49 @@ def test_unicode_whitespace_is_what_regex_calls_whitespace():
     from minigpt2.tokenizer import UNICODE_WS
 
     assert {chr(c) for c in range(0x110000) if regex.match(r"\s", chr(c))} == set(UNICODE_WS)
+
+
+# --- training against a brute-force reference -----------------------------------------------------
+
+
+def brute_force_merges(text: str, n_merges: int) -> list[tuple[bytes, bytes]]:
+    """BPE training by its definition, recounting every pair of every word from scratch at each step: the
+    most frequent pair (a word's pairs count as often as the word occurs; ties: the smaller pair), never one
+    that makes an existing token."""
+    import regex
+    from collections import Counter
+
+    from minigpt2.tokenizer import GPT2_SPLIT_PATTERN, _merge_pair
+
+    words = Counter(p.encode() for p in regex.findall(GPT2_SPLIT_PATTERN, text))
+    split = {w: [w[i : i + 1] for i in range(len(w))] for w in words}
+    tokens = {bytes([b]) for b in range(256)}
+    merges = []
+    while len(merges) < n_merges:
+        counts = Counter()
+        for w, parts in split.items():
+            for pair in zip(parts, parts[1:]):
+                counts[pair] += words[w]
+        candidates = [(-c, pair) for pair, c in counts.items() if pair[0] + pair[1] not in tokens]
+        if not candidates:
+            break
+        _, best = min(candidates)
+        merges.append(best)
+        tokens.add(best[0] + best[1])
+        split = {w: _merge_pair(parts, best) for w, parts in split.items()}
+    return merges
+
+
+def test_training_counts_each_pair_as_often_as_its_words_occur():
+    # "ab" is in two words that occur 5 and 1 times; "cd" in one word that occurs 4 times. After merging
+    # a+b, the pair counts must drop by the words' frequencies, not by one per word.
+    text = "abx " * 5 + "aby " + "cdz " * 4 + "bx " * 3
+    trained = Tokenizer.train(text, vocab_size=257 + 6, progress=False)
+    assert trained.merges == brute_force_merges(text, 6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["ab", "abc", "bca", "cab", "aab", "ba", " ", "c"]), min_size=1, max_size=60))
+def test_training_equals_the_definition_on_random_corpora(pieces):
+    text = "".join(pieces)
+    assert Tokenizer.train(text, vocab_size=257 + 12, progress=False).merges == brute_force_merges(text, 12)
