@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -29,6 +30,10 @@ class GPT2Config:
                 raise ValueError(f"GPT2Config.{f} must be a positive int, got {v!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise ValueError(f"GPT2Config.layer_norm_epsilon must be a positive finite number, got {eps!r}")
+        object.__setattr__(self, "layer_norm_epsilon", float(eps))  # 1 in a JSON file means 1.0
 
     @property
     def head_dim(self) -> int:
@@ -49,8 +54,10 @@ class GPT2Config:
                 hp = json.load(f)
         except FileNotFoundError:
             raise FileNotFoundError(f"hparams file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, absurd nesting or number literals
             raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(hp, dict):
+            raise ValueError(f"{path} holds a JSON {type(hp).__name__}; expected GPT-2's hparams.json (an object)")
         names = {f.name for f in fields(cls)}
         missing = {"n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"} - set(hp)
         if missing:

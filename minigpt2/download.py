@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
 
 import requests
 from tqdm import tqdm
@@ -46,9 +53,9 @@ def base_url() -> str:
 def cache_dir() -> Path:
     """$MINIGPT2_HOME, else $XDG_CACHE_HOME/minigpt2, else ~/.cache/minigpt2."""
     if os.environ.get("MINIGPT2_HOME"):
-        return Path(os.environ["MINIGPT2_HOME"])
+        return Path(os.environ["MINIGPT2_HOME"]).expanduser()  # "~/models" as a shell would expand it
     if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "minigpt2"
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "minigpt2"
     return Path.home() / ".cache" / "minigpt2"
 
 
@@ -86,9 +93,45 @@ def download_file(
     dest = Path(dest)
     if dest.is_file():
         return dest  # complete earlier download: never touched again
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(dest.with_name(dest.name + ".lock")):  # another process fetching it: wait for it
+        if dest.is_file():
+            return dest  # it finished while we waited
+        return _download(url, dest, session, retries, backoff, timeout, progress)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on `path` (created if needed) for the block: one process at a time.
+
+    subtle: the lock file stays in place after use; removing it could let a waiter and a newcomer hold
+    locks on two different files at once.
+    """
+    with open(path, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        else:  # Windows: lock the first byte, retrying while another process holds it
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            else:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def _download(url: str, dest: Path, session: requests.Session | None, retries: int | None, backoff: float | None,
+              timeout: float, progress: bool) -> Path:
+    """download_file's work, under the file's lock."""
     retries = RETRIES if retries is None else retries
     backoff = BACKOFF_SECONDS if backoff is None else backoff
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     session = session or requests.Session()
     last_error = "unknown error"

@@ -127,21 +127,45 @@ def load_openai(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.
     return config, from_openai(read_checkpoint(prefix), config, str(prefix))
 
 
+# Hugging Face config options that change GPT-2's maths, and the value that keeps it GPT-2. A file that sets
+# one otherwise is refused, never loaded as if it did not (its logits would silently differ from transformers').
+# reorder_and_upcast_attn is absent: it only reorders float32 work that minigpt2 already does in float32.
+HF_OPTIONS_THAT_CHANGE_THE_MATHS = {
+    "scale_attn_weights": True,  # scores divided by sqrt(D)
+    "scale_attn_by_inverse_layer_idx": False,  # no extra 1 / (layer + 1)
+    "add_cross_attention": False,  # a decoder only
+    "tie_word_embeddings": True,  # the LM head is wte
+}
+
+
 def hf_config(path: Path) -> GPT2Config:
-    """Hugging Face's config.json (vocab_size, n_positions, ...) -> GPT2Config."""
+    """Hugging Face's config.json (vocab_size, n_positions, ...) -> GPT2Config; options minigpt2 does not
+    implement are refused by name."""
     try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        hf = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON, absurdly nested
         raise CheckpointError(f"{path}: cannot read the config ({e})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(hf).__name__}; expected a GPT-2 config.json (an object)")
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{path}: model_type {hf['model_type']!r}; minigpt2 loads GPT-2 models only")
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise CheckpointError(f"{path}: activation_function {act!r}; GPT-2 (and minigpt2) uses the tanh GELU")
+    for option, gpt2_value in HF_OPTIONS_THAT_CHANGE_THE_MATHS.items():
+        if option in hf and hf[option] != gpt2_value:
+            raise CheckpointError(f"{path}: {option} is {hf[option]!r}; GPT-2 (and minigpt2) has {gpt2_value!r}, "
+                                  "so this model would give other logits than transformers does")
     try:
+        n_inner = hf.get("n_inner")
+        if n_inner is not None and n_inner != 4 * hf["n_embd"]:
+            raise CheckpointError(f"{path}: n_inner is {n_inner!r}; GPT-2 (and minigpt2) has an MLP of 4 x n_embd "
+                                  f"= {4 * hf['n_embd']}")
         return GPT2Config(n_vocab=hf["vocab_size"], n_ctx=hf.get("n_positions", hf.get("n_ctx")), n_embd=hf["n_embd"],
                           n_head=hf["n_head"], n_layer=hf["n_layer"],
                           layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a GPT-2 config: {e}") from None
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a GPT-2 config: {type(e).__name__} {e}") from None
 
 
 def load_hf(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.ndarray]]:
@@ -161,7 +185,13 @@ def load_converted(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, 
     if meta.get("format_version") != FORMAT_VERSION:
         raise FormatVersionError(f"{path} has format version {meta.get('format_version')}, this minigpt2 reads "
                                  f"version {FORMAT_VERSION}; convert it again")
-    config = GPT2Config(**json.loads(meta["config"]))
+    try:
+        fields = json.loads(meta["config"])
+        config = GPT2Config(**fields)
+    except KeyError:
+        raise CheckpointError(f"{path}: the metadata holds no config") from None
+    except (ValueError, TypeError, RecursionError) as e:  # not JSON, not an object, unknown or invalid fields
+        raise CheckpointError(f"{path}: the metadata's config is not a GPT2Config ({e})") from None
     check_against_config(tensors, config, str(path), lambda n: n)
     return config, tensors
 

@@ -197,12 +197,15 @@ class KVCache:
 
 
 def check_ids(ids, config: GPT2Config, cache: KVCache | None) -> np.ndarray:
-    """Validate token ids: an integer array [T] or [B, T] of ids in [0, V) that fits in the context."""
+    """Validate token ids: an integer array [T] or [B, T] (B, T >= 1) of ids in [0, V) that fits in the
+    context, and a cache (if given) made for this model and batch, with a length in [0, n_ctx]."""
     ids = np.asarray(ids)
     if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
-    if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
-        raise ValueError(f"token ids must have shape [T] or [B, T] with T >= 1, got shape {ids.shape}")
+    if ids.ndim not in (1, 2) or ids.size == 0:
+        raise ValueError(f"token ids must have shape [T] or [B, T] with B, T >= 1, got shape {ids.shape}")
+    if cache is not None:
+        check_cache(cache, config)
     start = cache.length if cache is not None else 0
     if start + ids.shape[-1] > config.n_ctx:
         raise ValueError(f"sequence too long: {start} cached + {ids.shape[-1]} new tokens > n_ctx = {config.n_ctx}")
@@ -214,6 +217,20 @@ def check_ids(ids, config: GPT2Config, cache: KVCache | None) -> np.ndarray:
     if cache is not None and ids.ndim == 2 and ids.shape[0] != cache.batch_size:
         raise ValueError(f"batch of {ids.shape[0]} sequences does not match the cache's batch_size={cache.batch_size}")
     return ids
+
+
+def check_cache(cache: KVCache, config: GPT2Config) -> None:
+    """A KVCache made for a model of this shape, holding between 0 and n_ctx positions."""
+    if not isinstance(cache, KVCache):
+        raise ValueError(f"cache must be a KVCache (model.new_cache()), got {type(cache).__name__}")
+    lead = () if cache.batch_size is None else (cache.batch_size,)
+    shape = (config.n_layer, *lead, config.n_head, config.n_ctx, config.head_dim)
+    if cache.k.shape != shape or cache.v.shape != shape:
+        raise ValueError(f"the cache holds keys of shape {cache.k.shape}, but this model needs {shape}: it was made "
+                         "for another model; make one with model.new_cache()")
+    if isinstance(cache.length, bool) or not isinstance(cache.length, (int, np.integer)) \
+            or not 0 <= cache.length <= config.n_ctx:
+        raise ValueError(f"the cache's length is {cache.length!r}, outside [0, n_ctx = {config.n_ctx}]")
 
 
 def init_params(config: GPT2Config, seed: int = 0, std: float = 0.02) -> Params:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Iterable, Iterator
 
+import numpy as np
 import regex
 from tqdm import tqdm
 
@@ -43,6 +44,7 @@ from .vocab import (
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 Pair = tuple[bytes, bytes]
+EXPLAIN_STEPS_UP_TO = 256  # bytes: explain shows every step of words up to this long, only the merges of longer ones
 ENCODER_FILE, MERGES_FILE = "encoder.json", "vocab.bpe"
 PATTERN_FILE = "minigpt2-tokenizer.json"  # {"pattern": ...}: the pre-tokenizer, when saved by minigpt2
 MODEL_FILE = "minigpt2.safetensors"  # a model saved by minigpt2 carries its vocabulary's files inside
@@ -135,8 +137,10 @@ def bpe_reference(word: bytes, ranks: dict[Pair, int], trace: list | None = None
     return parts
 
 
-def bpe(word: bytes, ranks: dict[Pair, int]) -> list[bytes]:
+def bpe(word: bytes, ranks: dict[Pair, int], trace: list | None = None) -> list[bytes]:
     """Same result as `bpe_reference` in O(n log n): a heap of candidate pairs over a linked list.
+
+    If `trace` is a list, one (rank, pair, None) tuple is appended per merge, in the order made.
 
     Heap entries are (rank, position of the pair's left symbol), so equal ranks pop left to right,
     exactly the order in which the reference merges all occurrences of its best pair. Entries made
@@ -153,6 +157,8 @@ def bpe(word: bytes, ranks: dict[Pair, int]) -> list[bytes]:
         j = nxt[i]
         if parts[i] is None or j >= n or ranks.get((parts[i], parts[j])) != rank:
             continue  # stale: this pair was changed by an earlier merge
+        if trace is not None:
+            trace.append((rank, (parts[i], parts[j]), None))
         parts[i] = parts[i] + parts[j]  # merge symbol j into symbol i
         parts[j] = None
         nxt[i] = nxt[j]
@@ -338,6 +344,11 @@ class Tokenizer:
                              f"vocabulary ({sorted(self.special_tokens)})")
         if not isinstance(text, str):
             return self.encode_ordinary(text)  # raises the TypeError
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # before splitting, so that the index named is the whole text's
+                raise ValueError(_surrogate_message(text)) from None
         # split around the allowed special tokens, keeping them (the capture group)
         splitter = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")"
         ids: list[int] = []
@@ -351,15 +362,22 @@ class Tokenizer:
     # --- decoding ---
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """ids -> the raw bytes they stand for (may end in the middle of a UTF-8 character)."""
+        """ids -> the raw bytes they stand for (may end in the middle of a UTF-8 character).
+
+        ids may be any iterable of ints (a list, a NumPy integer array, a generator); a float, a bool or an id
+        outside the vocabulary is a ValueError, however the ids are passed.
+        """
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # numpy -> Python ints; a generator, once
         try:
-            return b"".join(map(self._decoder.__getitem__, ids))
-        except (KeyError, TypeError):
-            for pos, i in enumerate(ids):
-                if i not in self._decoder or isinstance(i, (bool, float)):
-                    raise ValueError(f"decode: id {i!r} at position {pos} is not in the vocabulary "
-                                     f"(valid ids are 0..{self.n_vocab - 1})") from None
-            raise
+            if all(type(i) is int for i in ids):  # the fast path; `1.0` and `True` would find ids in the dict
+                return b"".join(map(self._decoder.__getitem__, ids))
+        except KeyError:
+            pass
+        for pos, i in enumerate(ids):
+            if type(i) is not int and not isinstance(i, np.integer) or i not in self._decoder:
+                raise ValueError(f"decode: id {i!r} at position {pos} is not in the vocabulary "
+                                 f"(valid ids are integers 0..{self.n_vocab - 1})")
+        return b"".join(self._decoder[int(i)] for i in ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         """ids -> text. Bytes that are not valid UTF-8 (half a character) become U+FFFD."""
@@ -397,7 +415,10 @@ class Tokenizer:
             except UnicodeEncodeError:
                 raise ValueError(_surrogate_message(text)) from None
             trace: list = []
-            tokens = bpe_reference(word, self.ranks, trace)
+            if len(word) <= EXPLAIN_STEPS_UP_TO:
+                tokens = bpe_reference(word, self.ranks, trace)  # every step, with the parts after it
+            else:  # subtle: a long word's snapshots would cost O(n^2); list its merges, parts only at the end
+                tokens = bpe(word, self.ranks, trace)
             pieces.append(PieceTrace(piece, word, trace, tokens, [self.encoder[t] for t in tokens]))
         return Explanation(text, self.pattern, pieces)
 
@@ -436,6 +457,7 @@ class StreamDecoder:
 
     def push(self, ids: int | Iterable[int]) -> str:
         """Add one id (or several); return the text completed by them (possibly "")."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # numpy scalar or array -> Python int(s)
         ids = [ids] if not isinstance(ids, Iterable) else ids
         return self._utf8.decode(self._decode_bytes(ids))
 
@@ -560,7 +582,7 @@ class PieceTrace:
 
     text: str  # the pre-token, e.g. " world"
     bytes: bytes  # its UTF-8 bytes
-    merges: list  # (rank, (left, right), parts after the merge), in the order applied
+    merges: list  # (rank, (left, right), parts after the merge, or None for a long word), in the order applied
     tokens: list[bytes]  # the final tokens
     ids: list[int]  # their ids
 
@@ -587,7 +609,8 @@ class Explanation:
             lines.append(f"{p.text!r}  bytes {list(p.bytes)}")
             lines.append(f"    start        {show([p.bytes[i:i + 1] for i in range(len(p.bytes))])}")
             for rank, (left, right), parts in p.merges:
-                lines.append(f"    rank {rank:>6}  {token_to_text(left)} + {token_to_text(right)}  ->  {show(parts)}")
+                after = show(parts) if parts is not None else "..."
+                lines.append(f"    rank {rank:>6}  {token_to_text(left)} + {token_to_text(right)}  ->  {after}")
             lines.append(f"    ids          {p.ids}")
         lines.append("")
         lines.append(f"ids: {self.ids}")

@@ -11,6 +11,7 @@ the file but whose body, and Content-Length, hold only half of it: the HTTP laye
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -19,6 +20,7 @@ class FileServer:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.seconds_per_body = 0.0  # > 0: a slow mirror, each body sent in 20 pieces over this long
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,7 +61,14 @@ class FileServer:
                     part = part[: len(part) // 2]
                 elif fault == "short":
                     part = part[:-100]
-                self.wfile.write(part)
+                if server.seconds_per_body:
+                    step = max(1, len(part) // 20)
+                    for i in range(0, len(part), step):
+                        self.wfile.write(part[i : i + step])
+                        self.wfile.flush()
+                        time.sleep(server.seconds_per_body / 20)
+                else:
+                    self.wfile.write(part)
                 self.wfile.flush()
                 self.close_connection = True
 
