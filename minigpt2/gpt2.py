@@ -14,7 +14,7 @@ import numpy as np
 from . import backward
 from .config import GPT2Config
 from .generate import generate, stream
-from .load import load_model, save_converted
+from .load import load_model, save_converted, save_huggingface
 from .model import KVCache, Params, check_ids, check_params, flatten, gpt2, init_params, recorder
 
 
@@ -42,20 +42,28 @@ class GPT2:
         config, params = load_model(name_or_path)
         return cls(config, params)
 
-    def save(self, path: str | os.PathLike, tokenizer=None, *, overwrite: bool = False) -> None:
-        """Write the model into the directory `path` in minigpt2's memory-mapped format, with `tokenizer`'s
-        vocabulary if given; `GPT2.from_pretrained(path)` (and `Tokenizer.from_pretrained(path)`) load it back.
+    def save(self, path: str | os.PathLike, tokenizer=None, *, format: str = "minigpt2", overwrite: bool = False,
+             ) -> None:
+        """Write the model into the directory `path`, with `tokenizer`'s vocabulary if given.
 
-        Only minigpt2's own files are written, each atomically; nothing else in `path` is touched. A directory
-        holding OpenAI's or Hugging Face's model is refused unless `overwrite=True` (see load.save_converted).
+        format="minigpt2": minigpt2.safetensors, memory-mapped on load. format="huggingface": config.json,
+        model.safetensors, vocab.json, merges.txt, which transformers' GPT2LMHeadModel.from_pretrained and
+        GPT2TokenizerFast.from_pretrained read. `GPT2.from_pretrained(path)` and `Tokenizer.from_pretrained(path)`
+        load either. Only the format's own files are written, each atomically; nothing else in `path` is
+        touched. A directory holding another kind of model is refused unless `overwrite=True`.
         """
-        files = {}
+        files, eot_id = {}, None
         if tokenizer is not None:
             if tokenizer.n_vocab > self.config.n_vocab:
                 raise ValueError(f"the tokenizer has {tokenizer.n_vocab} ids but the model only "
                                  f"n_vocab = {self.config.n_vocab}; they do not belong together")
-            files = tokenizer.files()
-        save_converted(self.config, self.params, path, files, overwrite=overwrite, progress=False)
+            files, eot_id = tokenizer.files(), tokenizer.special_tokens.get("<|endoftext|>")
+        if format == "minigpt2":
+            save_converted(self.config, self.params, path, files, overwrite=overwrite, progress=False)
+        elif format == "huggingface":
+            save_huggingface(self.config, self.params, path, files, eot_id=eot_id, overwrite=overwrite, progress=False)
+        else:
+            raise ValueError(f"format must be 'minigpt2' or 'huggingface', got {format!r}")
 
     # --- running it ---
 

@@ -213,7 +213,7 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, progress: bool =
 
 
 def save_converted(config: GPT2Config, params: Params, dest: str | os.PathLike, files: dict[str, bytes] | None = None,
-                   *, overwrite: bool = False, progress: bool = True) -> Path:
+                   *, overwrite: bool = False, progress: bool = True, metadata: dict[str, str] | None = None) -> Path:
     """Write (config, params) in minigpt2's format into the directory `dest`, plus companion `files`
     ({name: bytes}, e.g. the vocabulary's encoder.json and vocab.bpe). Returns `dest`.
 
@@ -232,9 +232,9 @@ def save_converted(config: GPT2Config, params: Params, dest: str | os.PathLike, 
     files = dict(files or {})
     flat = flatten(check_params(params, config))  # float32, in a fixed order
     dest.mkdir(parents=True, exist_ok=True)
-    check_writable(dest, files, overwrite)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config.to_dict()),
-            "files": json.dumps(sorted(files))}
+    check_writable(dest, files, overwrite, writing="converted")
+    meta = {**(metadata or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
+            "config": json.dumps(config.to_dict()), "files": json.dumps(sorted(files))}
     meta.update({f"file:{name}": data.decode("utf-8") for name, data in files.items()})
     for name, data in files.items():
         if not ((dest / name).is_file() and (dest / name).read_bytes() == data):  # never rewrite what is already so
@@ -262,25 +262,35 @@ def write_atomically(path: Path, write) -> None:
             os.close(fd)
 
 
-def other_model_in(directory: Path) -> str | None:
-    """What kind of model not written by minigpt2 `directory` holds, if any."""
+MODEL_KINDS = {
+    "openai": "OpenAI's checkpoint files (hparams.json, model.ckpt.*)",
+    "hf": "a Hugging Face model (config.json, model.safetensors)",
+    "converted": f"a model saved by minigpt2 ({CONVERTED_FILE})",
+}
+
+
+def models_in(directory: Path) -> set[str]:
+    """The kinds of model `directory` holds: "openai", "hf", "converted"."""
+    kinds = set()
     if (directory / "hparams.json").is_file() or any(directory.glob("*.ckpt.index")):
-        return "OpenAI's checkpoint files (hparams.json, model.ckpt.*)"
+        kinds.add("openai")
     if (directory / "model.safetensors").is_file() and (directory / "config.json").is_file():
-        return "a Hugging Face model (config.json, model.safetensors)"
-    return None
+        kinds.add("hf")
+    if (directory / CONVERTED_FILE).is_file():
+        kinds.add("converted")
+    return kinds
 
 
-def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool) -> None:
-    """Refuse to save where it would change what another model's directory loads as, or rewrite a file
-    minigpt2 did not write."""
-    kind = other_model_in(dest)
-    if kind and not overwrite:
-        raise FileExistsError(f"{dest} holds {kind}; saving minigpt2's model there would change what the "
-                              "directory loads as. Save into another directory, or pass overwrite=True to add "
+def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing: str) -> None:
+    """Refuse to save a `writing` ("converted" or "hf") model where it would change what another model's
+    directory loads as, or rewrite a file minigpt2 did not write."""
+    others = sorted(models_in(dest) - {writing})
+    if others and not overwrite:
+        raise FileExistsError(f"{dest} holds {MODEL_KINDS[others[0]]}; saving this model there would change what "
+                              "the directory loads as. Save into another directory, or pass overwrite=True to add "
                               "minigpt2's files beside them (nothing is removed)")
     ours = set()
-    if (dest / CONVERTED_FILE).is_file():
+    if writing == "converted" and (dest / CONVERTED_FILE).is_file():
         try:
             ours = set(json.loads(read_safetensors(dest / CONVERTED_FILE)[1].get("files", "[]")))
         except (OSError, ValueError):
@@ -291,6 +301,55 @@ def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool) -> None
         if path.exists() and name not in ours and not (path.is_file() and path.read_bytes() == data):
             raise FileExistsError(f"{path} was not written by minigpt2 and differs from the file this model "
                                   f"would write there; move it away, or save into another directory")
+
+
+def to_hf(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our flat params -> Hugging Face's GPT-2 names and layout (Conv1D weights [n_in, n_out]); `from_hf`'s inverse."""
+    leaf = {"g": "weight", "b": "bias", "w": "weight"}
+    out = {}
+    for name, a in flat.items():
+        if name in ("wte", "wpe"):
+            out[f"transformer.{name}.weight"] = a
+            continue
+        *path, last = name.split(".")
+        if path[0] == "blocks":
+            path[0] = "h"
+        out["transformer." + ".".join(path + [leaf[last]])] = a.T if last == "w" else a  # [n_out, n_in] -> [n_in, n_out]
+    return out
+
+
+def hf_config_json(config: GPT2Config, eot_id: int | None) -> dict:
+    """A config.json that transformers' GPT2LMHeadModel reads as exactly this model."""
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.n_vocab,
+        "n_positions": config.n_ctx, "n_ctx": config.n_ctx, "n_embd": config.n_embd, "n_layer": config.n_layer,
+        "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.layer_norm_epsilon, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
+        "initializer_range": 0.02, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
+    }
+
+
+def save_huggingface(config: GPT2Config, params: Params, dest: str | os.PathLike, files: dict[str, bytes] | None = None,
+                     *, eot_id: int | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write (config, params) as Hugging Face's GPT-2 layout into `dest`: config.json and model.safetensors
+    (transformers' names, Conv1D layout, the head tied to wte), with the vocabulary `files` (encoder.json and
+    vocab.bpe) as HF names them, vocab.json and merges.txt. The same rules as `save_converted`: only these
+    files are written, each atomically, model.safetensors last; another kind of model is refused unless
+    `overwrite=True`."""
+    dest = Path(dest)
+    hf_names = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+    files = {hf_names[k]: v for k, v in (files or {}).items() if k in hf_names}
+    files["config.json"] = (json.dumps(hf_config_json(config, eot_id), indent=2) + "\n").encode()
+    flat = to_hf(flatten(check_params(params, config)))
+    dest.mkdir(parents=True, exist_ok=True)
+    check_writable(dest, {k: v for k, v in files.items() if k != "config.json"}, overwrite, writing="hf")
+    for name, data in files.items():
+        if not ((dest / name).is_file() and (dest / name).read_bytes() == data):
+            write_atomically(dest / name, lambda f, data=data: f.write(data))
+    write_atomically(dest / "model.safetensors",
+                     lambda f: write_safetensors(f, flat, {"format": "pt"}, progress=progress))
+    return dest
 
 
 # --- entry point ----------------------------------------------------------------------------------

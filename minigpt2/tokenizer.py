@@ -333,6 +333,21 @@ class Tokenizer:
         except UnicodeEncodeError:
             raise ValueError(_surrogate_message(text)) from None
 
+    def chunks(self, text: str, size: int = 1 << 20) -> Iterator[str]:
+        """`text` in pieces of about `size` characters that encode, one by one, to exactly encode_ordinary(text):
+        cut only where a pre-token cannot span (whitespace after non-whitespace). With a pattern other than
+        GPT-2's, where that is not known, the whole text is one piece."""
+        if self.pattern != GPT2_SPLIT_PATTERN:
+            yield text
+            return
+        start = 0
+        while len(text) - start > size:
+            cut = _safe_cut_after(text, start + size)
+            yield text[start:cut]
+            start = cut
+        if start < len(text):
+            yield text[start:]
+
     def encode(self, text: str, allowed_special: str | Iterable[str] = ()) -> list[int]:
         """text -> ids. Special-token text is ordinary text unless named in `allowed_special` (or "all")."""
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)

@@ -19,6 +19,10 @@ ALLOWED = {
     "sample": {"ops"},
     "generate": {"model", "sample", "tokenizer", "vocab", "checkpoint", "download", "load"},
     "gpt2": {"backward", "config", "generate", "load", "model"},
+    "optim": {"model"},
+    "export": {"checkpoint", "download", "gpt2", "tokenizer"},
+    "train": {"backward", "checkpoint", "config", "download", "gpt2", "load", "model", "optim", "safetensors",
+              "tokenizer", "vocab"},
     "__init__": {"config", "gpt2", "model", "tokenizer"},
 }
 RUNTIME_DEPENDENCIES = {"numpy", "regex", "requests", "tqdm"}

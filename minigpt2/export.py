@@ -1,0 +1,50 @@
+"""a model directory -> Hugging Face's layout: `python -m minigpt2.export MODEL DEST`.
+
+    python -m minigpt2.export my-run my-run-hf     # then GPT2LMHeadModel.from_pretrained("my-run-hf")
+
+MODEL is anything `GPT2.from_pretrained` reads (a size such as 124M, OpenAI's files, a directory written by
+minigpt2 or by `python -m minigpt2.train`). DEST receives config.json, model.safetensors, vocab.json and
+merges.txt (see GPT2.save with format="huggingface").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .checkpoint import CheckpointError
+from .download import DownloadError
+from .gpt2 import GPT2
+from .tokenizer import Tokenizer
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="minigpt2-export", description="Write a model in Hugging Face's GPT-2 layout.")
+    p.add_argument("model", help="124M, ..., or a model directory (OpenAI, Hugging Face, minigpt2)")
+    p.add_argument("dest", help="the directory to write config.json, model.safetensors, vocab.json, merges.txt into")
+    p.add_argument("--overwrite", action="store_true", help="write even where another kind of model is (nothing "
+                   "is removed)")
+    args = p.parse_args(argv)
+    try:
+        model = GPT2.from_pretrained(args.model)
+        try:
+            tok = Tokenizer.from_pretrained(args.model)
+        except FileNotFoundError:
+            tok = None  # a model saved without its vocabulary: the weights alone
+            print(f"minigpt2-export: {args.model} holds no vocabulary; writing the weights alone", file=sys.stderr)
+        model.save(args.dest, tok, format="huggingface", overwrite=args.overwrite)
+    except (OSError, ValueError, CheckpointError, DownloadError) as e:
+        print(f"minigpt2-export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.dest}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""text -> batches -> steps -> checkpoints: pre-training and fine-tuning GPT-2, and `python -m minigpt2.train`.
+
+    python -m minigpt2.train --data book.txt --out my-gpt2                     # fine-tune GPT-2 124M
+    python -m minigpt2.train --data texts/ --out tiny --init scratch --n-layer 2 --n-head 4 --n-embd 128
+
+The objective is GPT-2's own: maximise the likelihood of the text, one next token at a time, i.e. minimise
+the mean cross-entropy (backward.py). Each step draws `batch_size` random windows of `block_size + 1` tokens
+(inputs and the same shifted by one as targets) per micro-batch, averages the gradients of `grad_accum`
+micro-batches, clips their global norm, and takes an AdamW step with the scheduled learning rate
+(optim.py: linear warmup, then cosine decay).
+
+The output directory holds, at every instant, a complete model (`GPT2.from_pretrained(DIR)`,
+`Tokenizer.from_pretrained(DIR)`, `python -m minigpt2.generate --model DIR`) and the state to continue it:
+
+    minigpt2.safetensors (+ encoder.json, vocab.bpe)   the model at the last checkpoint, with its step
+    optimizer-<step>.safetensors                         AdamW's moments, the step, the batch RNG, the settings
+    log.jsonl                                            one JSON line per step and per evaluation
+
+A checkpoint writes the optimizer state under a new name, then the model (renamed last: the commit point,
+naming its step), then removes the older optimizer state; a kill at any instant leaves the last complete
+checkpoint. `resume=True` continues from it and ends with exactly the weights and per-step losses of a run
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .backward import loss, loss_and_grads
+from .checkpoint import CheckpointError
+from .config import GPT2Config
+from .download import DownloadError, cache_dir
+from .gpt2 import GPT2
+from .load import CONVERTED_FILE, load_converted, load_model, models_in, save_converted, write_atomically
+from .model import Params, flatten, init_params, unflatten
+from .optim import AdamW, clip_grad_norm, learning_rate
+from .safetensors import read_safetensors, write_safetensors
+from .tokenizer import Tokenizer
+from .vocab import ENDOFTEXT
+
+LOG_FILE = "log.jsonl"
+OPTIMIZER_FILE = re.compile(r"optimizer-(\d+)\.safetensors")
+
+
+class TrainingError(ValueError):
+    """Bad settings or data for a run; the message names the flag or the file."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run's settings; the command line's flags, by the same names."""
+
+    data: str  # a UTF-8 text file, or a directory of .txt files (documents joined by <|endoftext|>)
+    out: str  # the run's directory
+    val_data: str | None = None  # validation text; default: the last 10% of the training tokens
+    init: str = "124M"  # what to fine-tune (anything GPT2.from_pretrained reads), or "scratch"
+    n_layer: int = 12  # --init scratch: the new model's shape (its context is block_size)
+    n_head: int = 12
+    n_embd: int = 768
+    tokenizer: str | None = None  # a vocabulary directory; default: the init model's (GPT-2's for scratch)
+    block_size: int = 256  # tokens per training window
+    batch_size: int = 8  # windows per micro-batch
+    grad_accum: int = 1  # micro-batches per step
+    steps: int = 200
+    lr: float | None = None  # peak learning rate; default 6e-4 from scratch, 3e-5 fine-tuning
+    min_lr: float | None = None  # at the last step; default lr / 10
+    warmup_steps: int | None = None  # default steps // 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    eval_every: int = 50  # steps between validation losses (and at the end)
+    eval_batches: int = 8  # validation micro-batches, the same windows every time
+    save_every: int = 100  # steps between checkpoints (and at the end)
+    seed: int = 0
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else 6e-4 if self.init == "scratch" else 3e-5
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else self.steps // 20
+
+    def check(self) -> None:
+        """Raise TrainingError naming the first setting that is out of range."""
+        positive = ["block_size", "batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "save_every"]
+        if self.init == "scratch":
+            positive += ["n_layer", "n_head", "n_embd"]
+        for name in positive:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise TrainingError(f"--{flag(name)} must be a positive integer, got {v!r}")
+        for name in ("lr", "min_lr"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise TrainingError(f"--{flag(name)} must be a positive number, got {v!r}")
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise TrainingError(f"--warmup-steps must be a non-negative integer, got {self.warmup_steps!r}")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise TrainingError(f"--{flag(name)} must be a number >= 0, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise TrainingError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if self.init == "scratch" and self.n_embd % self.n_head:
+            raise TrainingError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def read_documents(path: str | os.PathLike, what: str = "--data") -> list[str]:
+    """A UTF-8 text file, or every .txt file of a directory (sorted by name), as strings."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise TrainingError(f"{what} {path} holds no .txt files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise TrainingError(f"{what} {path} does not exist")
+    docs = []
+    for f in files:
+        raw = f.read_bytes()
+        try:
+            docs.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise TrainingError(f"{what} {f} is not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start} "
+                                f"(line {line}) is invalid") from None
+    if not any(d.strip() for d in docs):
+        raise TrainingError(f"{what} {path} is empty")
+    return docs
+
+
+def tokenize(docs: list[str], tok: Tokenizer, progress: bool = True) -> np.ndarray:
+    """Documents -> one array of ids, documents joined by <|endoftext|>, with a progress bar over the bytes."""
+    eot = tok.special_tokens.get(ENDOFTEXT)
+    dtype = np.uint16 if tok.n_vocab <= 2**16 else np.uint32
+    pieces = []
+    with tqdm(total=sum(len(d) for d in docs), unit="char", unit_scale=True, desc="tokenizing", disable=not progress,
+              leave=False) as bar:
+        for i, doc in enumerate(docs):
+            if i and eot is not None:
+                pieces.append(np.array([eot], dtype))
+            for chunk in tok.chunks(doc):
+                pieces.append(np.array(tok.encode_ordinary(chunk), dtype))
+                bar.update(len(chunk))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+
+
+def load_tokens(path: str | os.PathLike, tok: Tokenizer, what: str = "--data", progress: bool = True) -> np.ndarray:
+    """The ids of the text at `path`, cached in {cache}/tokens/ by the text's and the vocabulary's hashes, so a
+    second run on the same data starts at once."""
+    docs = read_documents(path, what)
+    key = hashlib.sha256()
+    for d in docs:
+        key.update(hashlib.sha256(d.encode("utf-8")).digest())
+    for name, data in sorted(tok.files().items()):
+        key.update(name.encode() + hashlib.sha256(data).digest())
+    cached = cache_dir() / "tokens" / f"{key.hexdigest()}.npy"
+    if cached.is_file():
+        try:
+            return np.load(cached)
+        except (OSError, ValueError):
+            pass  # damaged: tokenize again
+    tokens = tokenize(docs, tok, progress)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cached, lambda f: np.save(f, tokens))
+    except OSError:
+        pass  # a read-only cache only costs the time to tokenize again
+    return tokens
+
+
+def random_windows(tokens: np.ndarray, block_size: int, batch_size: int, rng: np.random.Generator,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`batch_size` random windows of block_size + 1 tokens -> (inputs [B, T], targets [B, T]: shifted by one)."""
+    starts = rng.integers(0, len(tokens) - block_size, size=batch_size)  # [B]: every window fits
+    windows = tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)  # [B, T + 1]
+    return windows[:, :-1], windows[:, 1:]
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+def run_state(out: Path) -> int | None:
+    """The step of the run checkpointed in `out`, or None if it holds no run."""
+    if not (out / CONVERTED_FILE).is_file():
+        return None
+    _, meta = read_safetensors(out / CONVERTED_FILE)
+    return int(meta["train_step"]) if "train_step" in meta else None
+
+
+def starting_model(cfg: TrainConfig, progress: bool) -> tuple[GPT2Config, Params, Tokenizer]:
+    """The model a new run starts from (a copy, writable) and its tokenizer."""
+    if cfg.init == "scratch":
+        tok = Tokenizer.from_pretrained(cfg.tokenizer or "124M")
+        config = GPT2Config(n_vocab=tok.n_vocab, n_ctx=cfg.block_size, n_embd=cfg.n_embd, n_head=cfg.n_head,
+                            n_layer=cfg.n_layer)
+        return config, init_params(config, cfg.seed), tok
+    init_is_dir = os.path.isdir(cfg.init)
+    if not init_is_dir and (os.sep in cfg.init or os.path.exists(cfg.init)):
+        raise TrainingError(f"--init {cfg.init} is not found (give a model directory, a size such as 124M, "
+                            "or scratch)")
+    try:
+        config, params = load_model(cfg.init, progress=progress)
+    except ValueError as e:
+        raise TrainingError(f"--init {cfg.init}: {e}") from None
+    tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.init)
+    if tok.n_vocab > config.n_vocab:
+        raise TrainingError(f"the tokenizer has {tok.n_vocab} ids but the --init model only {config.n_vocab}")
+    if cfg.block_size > config.n_ctx:
+        raise TrainingError(f"--block-size {cfg.block_size} is larger than the model's context ({config.n_ctx})")
+    params = unflatten({k: np.array(v, dtype=np.float32) for k, v in flatten(params).items()})  # writable copy
+    return config, params, tok
+
+
+def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, tok: Tokenizer, opt: AdamW,
+                    rng: np.random.Generator, cfg: TrainConfig) -> None:
+    """Optimizer state under a new name, then the model (the commit point, naming the step), then the old state."""
+    arrays, scalars = opt.state_dict()
+    meta = {"step": str(step), "adam": json.dumps(scalars), "rng": json.dumps(rng.bit_generator.state),
+            "settings": json.dumps(dataclasses.asdict(cfg))}
+    state = out / f"optimizer-{step}.safetensors"
+    write_atomically(state, lambda f: write_safetensors(f, arrays, meta))
+    save_converted(config, params, out, tok.files(), progress=False, metadata={"train_step": str(step)})
+    for p in out.iterdir():
+        m = OPTIMIZER_FILE.fullmatch(p.name)
+        if m and int(m[1]) != step:
+            p.unlink()  # ours, and superseded by the checkpoint just committed
+
+
+def append_log(out: Path, record: dict) -> None:
+    with open(out / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def truncate_log(out: Path, step: int) -> None:
+    """Keep the log's lines up to `step` (a killed run may have logged steps after its last checkpoint)."""
+    path = out / LOG_FILE
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    kept = []
+    for ln in lines:
+        try:
+            if json.loads(ln)["step"] <= step:
+                kept.append(ln)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    write_atomically(path, lambda f: f.write("".join(ln + "\n" for ln in kept).encode("utf-8")))
+
+
+class StopRequest:
+    """Ctrl-C during training: finish nothing more, checkpoint what is complete, then stop. A second Ctrl-C
+    stops at once (the last checkpoint stays)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping: saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2:
+    """Run (or, with `resume`, continue) the training `cfg` describes; return the trained model.
+
+    Raises TrainingError for bad settings or data, TrainingDiverged if the loss stops being finite, and
+    KeyboardInterrupt after saving a checkpoint when interrupted with Ctrl-C.
+    """
+    out = Path(cfg.out)
+    done = run_state(out) if out.is_dir() else None
+    if resume:
+        if done is None:
+            raise TrainingError(f"--resume: {out} holds no training run to continue")
+        state_file = out / f"optimizer-{done}.safetensors"
+        if not state_file.is_file():
+            raise TrainingError(f"--resume: {out} has the model of step {done} but not its optimizer state "
+                                f"({state_file.name})")
+        arrays, meta = read_safetensors(state_file)
+        cfg = dataclasses.replace(TrainConfig(**json.loads(meta["settings"])), out=str(out))  # the run's own settings
+        config, flat = load_converted(out)
+        params = unflatten({k: np.array(v) for k, v in flat.items()})  # writable: the optimizer updates in place
+        tok = Tokenizer.from_dir(out)
+        opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
+        opt.load_state_dict(arrays, json.loads(meta["adam"]))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(meta["rng"])
+        truncate_log(out, done)
+        start = done
+    else:
+        cfg.check()
+        if out.exists() and not out.is_dir():
+            raise TrainingError(f"--out {out} is a file, not a directory")
+        if out.is_dir() and (done is not None or (out / LOG_FILE).exists() or models_in(out)):
+            what = f"a training run at step {done}" if done is not None else "a model or a run"
+            raise TrainingError(f"--out {out} already holds {what}; pass --resume to continue it, or choose "
+                                "another directory (nothing is overwritten)")
+        config, params, tok = starting_model(cfg, progress)
+        opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
+        rng = np.random.default_rng(cfg.seed)
+        start = 0
+    if cfg.block_size > config.n_ctx:
+        raise TrainingError(f"--block-size {cfg.block_size} is larger than the model's context ({config.n_ctx})")
+    train_tokens, val_tokens = split_data(cfg, tok, progress)
+    val_rng = np.random.default_rng([cfg.seed, 1])  # the same validation windows at every evaluation
+    val_batches = [random_windows(val_tokens, cfg.block_size, cfg.batch_size, val_rng) for _ in range(cfg.eval_batches)]
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_checkpoint(out, 0, config, params, tok, opt, rng, cfg)  # the run exists from the first instant
+        append_log(out, {"step": 0, "val_loss": float(np.mean([loss(x, y, params, config) for x, y in val_batches]))})
+    last_saved = start
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
+    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
+    completed = start
+    with StopRequest() as stop, bar:
+        for step in range(start, cfg.steps):
+            rng_before = rng.bit_generator.state  # a step abandoned half-way leaves the RNG as it found it
+            t0 = time.perf_counter()
+            lr = learning_rate(step, cfg.peak_lr, cfg.warmup, cfg.steps, cfg.min_lr)
+            step_loss, grads = 0.0, None
+            for _ in range(cfg.grad_accum):
+                x, y = random_windows(train_tokens, cfg.block_size, cfg.batch_size, rng)  # [B, T] each
+                micro_loss, micro_grads = loss_and_grads(x, y, params, config)
+                step_loss += micro_loss / cfg.grad_accum
+                grads = micro_grads if grads is None else add_into(grads, micro_grads)
+                if stop.requested:
+                    break
+            if stop.requested:
+                rng.bit_generator.state = rng_before
+                break
+            if cfg.grad_accum > 1:
+                for g in flatten(grads).values():
+                    g *= 1.0 / cfg.grad_accum  # the mean of the micro-batches' gradients
+            grad_norm = clip_grad_norm(grads, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                raise TrainingDiverged(f"the loss became {step_loss} (gradient norm {grad_norm}) at step {step + 1}; "
+                                       f"the last good checkpoint (step {last_saved}) is in {out}; try a lower --lr")
+            opt.step(grads, lr)
+            completed = n = step + 1
+            seconds = time.perf_counter() - t0
+            append_log(out, {"step": n, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                             "tokens_per_s": tokens_per_step / seconds})
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:.0f}")
+            if n % cfg.eval_every == 0 or n == cfg.steps:
+                val_loss = float(np.mean([loss(x, y, params, config) for x, y in val_batches]))
+                append_log(out, {"step": n, "val_loss": val_loss})
+                bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}")
+            if n % cfg.save_every == 0 or n == cfg.steps:
+                save_checkpoint(out, n, config, params, tok, opt, rng, cfg)
+                last_saved = n
+            if stop.requested:
+                break
+        if stop.requested:
+            if last_saved != completed:
+                save_checkpoint(out, completed, config, params, tok, opt, rng, cfg)
+            raise KeyboardInterrupt
+    return GPT2(config, params)
+
+
+def add_into(total: Params, more: Params) -> Params:
+    for a, b in zip(flatten(total).values(), flatten(more).values()):
+        a += b
+    return total
+
+
+def split_data(cfg: TrainConfig, tok: Tokenizer, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(training tokens, validation tokens): --val-data, else the last 10% of the training text."""
+    tokens = load_tokens(cfg.data, tok, "--data", progress)
+    need = cfg.block_size + 1
+    if cfg.val_data is not None:
+        val = load_tokens(cfg.val_data, tok, "--val-data", progress)
+        if len(val) < need:
+            raise TrainingError(f"--val-data {cfg.val_data} has {len(val)} tokens, fewer than one window of "
+                                f"--block-size + 1 = {need}")
+    else:
+        n_val = max(need, len(tokens) // 10)
+        tokens, val = tokens[:-n_val], tokens[-n_val:]
+    if len(tokens) < need:
+        raise TrainingError(f"--data {cfg.data} has too few tokens for one training window of --block-size + 1 = "
+                            f"{need} (and a held-out tail for validation, unless --val-data is given)")
+    return tokens, val
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig(data="", out="")
+    p = _Parser(prog="minigpt2-train", description="Pre-train or fine-tune GPT-2 on text (NumPy).")
+    p.add_argument("--data", help="a UTF-8 text file, or a directory of .txt files (required unless --resume)")
+    p.add_argument("--out", required=True, help="the run's directory: model, optimizer state, log.jsonl")
+    p.add_argument("--val-data", help="validation text (default: the last 10%% of --data)")
+    p.add_argument("--init", default=d.init, help="model to fine-tune: 124M, 355M, ..., or a directory (OpenAI, "
+                   "Hugging Face, minigpt2); or 'scratch' for a new model (default 124M)")
+    p.add_argument("--n-layer", type=int, default=d.n_layer, help="--init scratch: blocks (default 12)")
+    p.add_argument("--n-head", type=int, default=d.n_head, help="--init scratch: attention heads (default 12)")
+    p.add_argument("--n-embd", type=int, default=d.n_embd, help="--init scratch: width (default 768)")
+    p.add_argument("--tokenizer", help="vocabulary directory (Tokenizer.save); default the --init model's, or GPT-2's")
+    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per window (default 256)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per micro-batch (default 8)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (default 1)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default 200)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4 from scratch, "
+                   "3e-5 fine-tuning)")
+    p.add_argument("--min-lr", type=float, default=None, help="learning rate at the last step (default lr / 10)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default steps / 20)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's, on 2-D tensors (default 0.1)")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm; 0 = off (default 1)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations (default 50)")
+    p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="validation batches (default 8)")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (default 100)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed for init and batches (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
+                   "with the run's own settings")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt2.train --data PATH --out DIR`: train, checkpointing as it goes."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    resume = args.pop("resume")
+    if args["data"] is None and not resume:
+        parser.error("the following arguments are required: --data (unless --resume)")
+    cfg = TrainConfig(**args)  # with --resume, the run's saved settings replace these (only --out is used)
+    err = sys.stderr
+    try:
+        model = train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        print(f"minigpt2-train: interrupted; the last checkpoint is in {cfg.out} (continue with --resume)", file=err)
+        return 130
+    except TrainingDiverged as e:
+        print(f"minigpt2-train: error: {e}", file=err)
+        return 1
+    except (TrainingError, OSError, ValueError, CheckpointError, DownloadError) as e:
+        print(f"minigpt2-train: error: {e}", file=err)
+        return 2
+    print(f"trained {model}; saved in {cfg.out}", file=err)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
