@@ -20,6 +20,7 @@ ALLOWED = {
     "generate": {"model", "sample", "tokenizer", "vocab", "checkpoint", "download", "load"},
     "gpt2": {"backward", "config", "generate", "load", "model"},
     "optim": {"model"},
+    "evaluate": {"checkpoint", "download", "generate", "load", "model", "ops", "tokenizer", "vocab"},
     "export": {"checkpoint", "download", "gpt2", "tokenizer"},
     "train": {"backward", "checkpoint", "config", "download", "gpt2", "load", "model", "optim", "safetensors",
               "tokenizer", "vocab"},
