@@ -36,10 +36,12 @@ class GPT2:
         return cls(config, init_params(config, seed, std))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "124M") -> GPT2:
-        """A released model by name ("124M", "gpt2-xl", ...; downloaded and converted once) or a directory:
-        OpenAI's checkpoint files, a Hugging Face save_pretrained directory, or one written by `save`."""
-        config, params = load_model(name_or_path)
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "124M", verify_crc: bool = False) -> GPT2:
+        """A released model by name ("124M", "gpt2-xl", ...; downloaded and converted once, its checksums
+        verified) or a directory: OpenAI's checkpoint files, a Hugging Face save_pretrained directory, or one
+        written by `save`. `verify_crc=True` checks a TensorFlow checkpoint directory's tensor checksums too
+        (it reads every byte: about 3 s for 124M)."""
+        config, params = load_model(name_or_path, verify_crc=verify_crc)
         return cls(config, params)
 
     def save(self, path: str | os.PathLike, tokenizer=None, *, format: str = "minigpt2", overwrite: bool = False,

@@ -21,7 +21,7 @@ import numpy as np
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import GPT2Config, canonical_name
 from .download import MODEL_FILES, VOCAB_FILES, cache_dir, download_openai_files
-from .model import Params, check_params, flatten, param_shapes, unflatten
+from .model import Params, check_params, flatten, iter_param_shapes, param_count, unflatten
 from .safetensors import read_safetensors, write_safetensors
 
 FORMAT = "minigpt2"
@@ -71,6 +71,10 @@ def from_openai(tensors: dict[str, np.ndarray], config: GPT2Config, where: str) 
     return flat
 
 
+HF_NAME = re.compile(r"(wte|wpe)\.weight|ln_f\.(weight|bias)|h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|"
+                     r"mlp\.c_proj)\.(weight|bias)")
+
+
 def from_hf(tensors: dict[str, np.ndarray], config: GPT2Config, where: str) -> dict[str, np.ndarray]:
     """Hugging Face's GPT2 names ("transformer.h.3.attn.c_attn.weight") -> our flat params."""
     leaf = {"weight": "w", "bias": "b"}
@@ -79,6 +83,11 @@ def from_hf(tensors: dict[str, np.ndarray], config: GPT2Config, where: str) -> d
         key = name.removeprefix("transformer.")
         if key == "lm_head.weight" or re.fullmatch(r"h\.\d+\.attn\.(masked_)?bias", key):
             continue  # the tied head (checked below) and causal-mask buffers older versions saved
+        if not HF_NAME.fullmatch(key):
+            raise CheckpointError(f"{where}: tensor {name} is not a weight of GPT-2")
+        if key.startswith("h.") and int(key.split(".")[1]) >= config.n_layer:
+            raise CheckpointError(f"{where}: tensor {name} is for layer {key.split('.')[1]}, but the config says "
+                                  f"n_layer = {config.n_layer}")
         *path, last = key.split(".")
         if path and path[0] == "h":
             path[0] = "blocks"
@@ -94,8 +103,17 @@ def from_hf(tensors: dict[str, np.ndarray], config: GPT2Config, where: str) -> d
 
 
 def check_against_config(flat: dict[str, np.ndarray], config: GPT2Config, where: str, show) -> None:
-    """Every tensor the config implies is present, with the right shape and a float dtype."""
-    for name, shape in param_shapes(config).items():
+    """Every tensor the config implies is present, with the right shape and a float dtype.
+
+    subtle: a config read from a file may claim 10^8 layers. Its implied parameter count is held against the
+    elements the file holds first, and the names are then made one at a time (iter_param_shapes), so that
+    no more of them exist than it takes to find the first missing one.
+    """
+    implied, held = param_count(config), sum(int(a.size) for a in flat.values())
+    if implied > 4 * held + 10**6:
+        raise CheckpointError(f"{where}: the config ({config}) implies {implied:,} parameters, but the file holds "
+                              f"{held:,}; the config does not describe these weights")
+    for name, shape in iter_param_shapes(config):
         if name not in flat:
             raise CheckpointError(f"{where}: tensor {show(name)} is missing")
         a = flat[name]
@@ -119,12 +137,13 @@ def checkpoint_prefix(directory: Path) -> Path:
     return directory / "model.ckpt"
 
 
-def load_openai(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.ndarray]]:
-    """OpenAI's files (hparams.json + model.ckpt.*) -> (config, flat params memory-mapped from the data file)."""
+def load_openai(directory: str | os.PathLike, verify_crc: bool = False) -> tuple[GPT2Config, dict[str, np.ndarray]]:
+    """OpenAI's files (hparams.json + model.ckpt.*) -> (config, flat params memory-mapped from the data file);
+    `verify_crc` checks every tensor's checksum (reads every byte)."""
     directory = Path(directory)
     config = GPT2Config.from_hparams(directory / "hparams.json")
     prefix = checkpoint_prefix(directory)
-    return config, from_openai(read_checkpoint(prefix), config, str(prefix))
+    return config, from_openai(read_checkpoint(prefix, verify_crc=verify_crc), config, str(prefix))
 
 
 # Hugging Face config options that change GPT-2's maths, and the value that keeps it GPT-2. A file that sets
@@ -201,9 +220,10 @@ class FormatVersionError(CheckpointError):
 
 
 def convert(source: str | os.PathLike, dest: str | os.PathLike, progress: bool = True) -> Path:
-    """Convert a model directory (OpenAI's or HF's) into minigpt2's format at `dest`, with its vocabulary."""
+    """Convert a model directory (OpenAI's or HF's) into minigpt2's format at `dest`, with its vocabulary.
+    Conversion reads every byte anyway, so a TensorFlow checkpoint's tensor checksums are verified on the way."""
     source = Path(source)
-    config, flat = read_dir(source)  # views: each tensor is made contiguous only as it is written
+    config, flat = read_dir(source, verify_crc=True)  # views: each tensor is made contiguous only as it is written
     files = {}
     for encoder, merges in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
         if (source / encoder).is_file() and (source / merges).is_file():  # HF's names hold the same formats
@@ -369,23 +389,29 @@ def detect_format(directory: Path) -> str:
         f"model.ckpt.data-*), Hugging Face's (config.json + model.safetensors) or {CONVERTED_FILE}; found {found}")
 
 
-def read_dir(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.ndarray]]:
-    """Any of the three formats -> (config, flat params as views of the files; weights maybe transposed views)."""
+def read_dir(directory: str | os.PathLike, verify_crc: bool = False) -> tuple[GPT2Config, dict[str, np.ndarray]]:
+    """Any of the three formats -> (config, flat params as views of the files; weights maybe transposed views).
+    `verify_crc`: check a TensorFlow checkpoint's tensor checksums (the other formats carry none)."""
     directory = Path(directory)
-    return {"converted": load_converted, "hf": load_hf, "openai": load_openai}[detect_format(directory)](directory)
+    kind = detect_format(directory)
+    if kind == "openai":
+        return load_openai(directory, verify_crc=verify_crc)
+    return {"converted": load_converted, "hf": load_hf}[kind](directory)
 
 
-def load_dir(directory: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.ndarray]]:
+def load_dir(directory: str | os.PathLike, verify_crc: bool = False) -> tuple[GPT2Config, dict[str, np.ndarray]]:
     """Any of the three formats -> (config, flat params ready to run: contiguous, [n_out, n_in])."""
-    config, flat = read_dir(directory)
+    config, flat = read_dir(directory, verify_crc)
     return config, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}  # no copy for ours
 
 
-def load_model(name_or_path: str | os.PathLike, progress: bool = True) -> tuple[GPT2Config, Params]:
-    """A model name (downloaded and converted once, then loaded from the cache) or a directory -> (config, params)."""
+def load_model(name_or_path: str | os.PathLike, progress: bool = True, verify_crc: bool = False,
+               ) -> tuple[GPT2Config, Params]:
+    """A model name (downloaded and converted once, checksums verified, then loaded from the cache) or a
+    directory -> (config, params). `verify_crc`: also verify a TensorFlow checkpoint directory's checksums."""
     path = Path(name_or_path)
     if path.is_dir():
-        config, flat = load_dir(path)
+        config, flat = load_dir(path, verify_crc)
         return config, unflatten(flat)
     if os.sep in str(name_or_path) or path.exists():
         raise FileNotFoundError(f"model directory not found: {path}")

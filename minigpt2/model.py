@@ -287,21 +287,34 @@ def recorder(names: str | list[str] | None = None, hooks: dict[str, Callable] | 
     return record, recorded, matched
 
 
+def param_count(config: GPT2Config) -> int:
+    """The number of parameters `config` implies (the sum over param_shapes, without building it).
+
+    >>> param_count(GPT2Config.from_name("124M"))
+    124439808
+    """
+    V, C, L = config.n_vocab, config.n_embd, config.n_layer
+    per_block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
+    return V * C + config.n_ctx * C + L * per_block + 2 * C
+
+
+def iter_param_shapes(config: GPT2Config):
+    """(flat parameter name, shape) in GPT-2's naming and order ("blocks.0.attn.c_attn.w", (3C, C)), one at a time."""
+    V, C = config.n_vocab, config.n_embd
+    yield from (("wte", (V, C)), ("wpe", (config.n_ctx, C)))
+    for i in range(config.n_layer):
+        yield from ((f"blocks.{i}.ln_1.g", (C,)), (f"blocks.{i}.ln_1.b", (C,)),
+                    (f"blocks.{i}.attn.c_attn.w", (3 * C, C)), (f"blocks.{i}.attn.c_attn.b", (3 * C,)),
+                    (f"blocks.{i}.attn.c_proj.w", (C, C)), (f"blocks.{i}.attn.c_proj.b", (C,)),
+                    (f"blocks.{i}.ln_2.g", (C,)), (f"blocks.{i}.ln_2.b", (C,)),
+                    (f"blocks.{i}.mlp.c_fc.w", (4 * C, C)), (f"blocks.{i}.mlp.c_fc.b", (4 * C,)),
+                    (f"blocks.{i}.mlp.c_proj.w", (C, 4 * C)), (f"blocks.{i}.mlp.c_proj.b", (C,)))
+    yield from (("ln_f.g", (C,)), ("ln_f.b", (C,)))
+
+
 def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """Flat parameter name -> shape, in GPT-2's naming ("blocks.0.attn.c_attn.w": (3C, C), [n_out, n_in])."""
-    V, C = config.n_vocab, config.n_embd
-    shapes = {"wte": (V, C), "wpe": (config.n_ctx, C)}
-    for i in range(config.n_layer):
-        shapes.update({
-            f"blocks.{i}.ln_1.g": (C,), f"blocks.{i}.ln_1.b": (C,),
-            f"blocks.{i}.attn.c_attn.w": (3 * C, C), f"blocks.{i}.attn.c_attn.b": (3 * C,),
-            f"blocks.{i}.attn.c_proj.w": (C, C), f"blocks.{i}.attn.c_proj.b": (C,),
-            f"blocks.{i}.ln_2.g": (C,), f"blocks.{i}.ln_2.b": (C,),
-            f"blocks.{i}.mlp.c_fc.w": (4 * C, C), f"blocks.{i}.mlp.c_fc.b": (4 * C,),
-            f"blocks.{i}.mlp.c_proj.w": (C, 4 * C), f"blocks.{i}.mlp.c_proj.b": (C,),
-        })
-    shapes.update({"ln_f.g": (C,), "ln_f.b": (C,)})
-    return shapes
+    return dict(iter_param_shapes(config))
 
 
 def flatten(params: Params, prefix: str = "") -> dict[str, np.ndarray]:
