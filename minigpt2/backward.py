@@ -49,8 +49,8 @@ from .ops import (
 )
 
 # the activations the backward reads, by the last part of their names (model.py's record names)
-SAVED = {"resid_pre", "ln_1", "q", "k", "v", "z", "resid_mid", "ln_2", "pre", "post", "resid_post", "ln_f"}
-HEAD_ROWS = 256  # rows of logits made at a time in the LM head: 51 MB at V = 50257, instead of [B*T, V]
+SAVED = {"resid_pre", "ln_1", "q", "k", "v", "z", "resid_mid", "ln_2", "pre", "post", "resid_post"}
+HEAD_ROWS = 512  # rows of logits made at a time in the LM head: 103 MB at V = 50257, instead of [B*T, V]
 
 
 # --- the loss -------------------------------------------------------------------------------------
@@ -86,17 +86,22 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
     n = len(rows)
     total = 0.0
     dh = np.zeros_like(h2) if backward else None  # [B*T, C]: ignored positions get no gradient
-    dwte = np.zeros_like(wte) if backward else None  # [V, C]
+    dwte = np.empty_like(wte) if backward else None  # [V, C], written by the first chunk's product
+    scratch = None  # [V, C] for the later chunks' products, made only if there are several chunks
     for i in range(0, n, HEAD_ROWS):
         r = rows[i : i + HEAD_ROWS]
         x, t = h2[r], t2[r]  # [n, C], [n]
         logits = linear(x, wte)  # [n, V]
-        nll, probs = cross_entropy(logits, t)  # [n], [n, V]
+        nll, probs = cross_entropy(logits, t, overwrite=True)  # [n], [n, V]: the logits' array, reused
         total += float(nll.sum(dtype=np.float64))
         if backward:
             dlogits = cross_entropy_backward(np.full(len(r), 1.0 / n, dtype=h.dtype), probs, t)  # [n, V]
             dh[r] = dlogits @ wte  # [n, V] @ [V, C] -> [n, C]
-            dwte += dlogits.T @ x  # [V, n] @ [n, C] -> [V, C]
+            if i == 0:
+                np.matmul(dlogits.T, x, out=dwte)  # [V, n] @ [n, C] -> [V, C]
+            else:
+                scratch = np.empty_like(wte) if scratch is None else scratch
+                dwte += np.matmul(dlogits.T, x, out=scratch)  # no new [V, C] array per chunk
     loss = total / n
     return (loss, dh.reshape(h.shape), dwte) if backward else (loss, None, None)
 
@@ -184,13 +189,15 @@ def block_backward(dx: np.ndarray, p: Params, acts: dict, config: GPT2Config, la
     return dx, {"ln_1": {"g": dg_1, "b": db_1}, "attn": d_attn, "ln_2": {"g": dg_2, "b": db_2}, "mlp": d_mlp}
 
 
-def embedding_backward(dx: np.ndarray, ids: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray]:
+def embedding_backward(dx: np.ndarray, ids: np.ndarray, params: Params, dwte: np.ndarray | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Through x = wte[ids] + wpe[0..T-1]: dx [..., T, C] -> (dwte [V, C], dwpe [n_ctx, C]).
 
     A lookup's backward is a scatter-add: every occurrence of an id adds its row of dx to that id's row.
+    Given `dwte` (the tied head's share), it is added into that array rather than a new one.
     """
     T, C = dx.shape[-2:]
-    dwte = np.zeros_like(params["wte"])  # [V, C]
+    dwte = np.zeros_like(params["wte"]) if dwte is None else dwte  # [V, C]
     np.add.at(dwte, ids.reshape(-1), dx.reshape(-1, C))  # repeated ids accumulate, unlike dwte[ids] += dx
     dwpe = np.zeros_like(params["wpe"])  # [n_ctx, C]
     dwpe[:T] = dx.reshape(-1, T, C).sum(axis=0)  # every sequence of the batch uses positions 0..T-1
@@ -212,9 +219,10 @@ def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config) ->
     return transformer(ids, params, config, record=record), acts
 
 
-def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2Config, acts: dict) -> Params:
-    """`transformer` mirrored: dh (d the final layer norm's output) [..., T, C] -> grads of every parameter
-    except the head's share of wte (the caller adds it)."""
+def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2Config, acts: dict,
+                  dwte_head: np.ndarray | None = None) -> Params:
+    """`transformer` mirrored: dh (d the final layer norm's output) [..., T, C] -> grads of every parameter.
+    The tied head's share of dwte, if given, receives the embedding's share (and is the grads' "wte")."""
     T = ids.shape[-1]
     mask = causal_mask(T, T) if T > 1 else None
     x_last = acts[f"blocks.{config.n_layer - 1}.resid_post"]  # [..., T, C]: ln_f's input
@@ -222,7 +230,7 @@ def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2C
     blocks = [None] * config.n_layer
     for layer in reversed(range(config.n_layer)):
         dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask)
-    dwte, dwpe = embedding_backward(dx, ids, params)
+    dwte, dwpe = embedding_backward(dx, ids, params, dwte_head)  # tied: wte is the embedding and the head
     return {"wte": dwte, "wpe": dwpe, "blocks": blocks, "ln_f": {"g": dg, "b": db}}
 
 
@@ -230,9 +238,8 @@ def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config:
     """(mean cross-entropy, grads with the structure, shapes and dtype of params). ids, targets [T] or [B, T]."""
     h, acts = forward_for_backward(ids, params, config)  # [..., T, C]
     loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets)
-    grads = gpt2_backward(dh, ids, params, config, acts)
-    grads["wte"] += dwte_head  # tied: wte is both the embedding and the output projection
-    return loss, grads
+    del h  # [..., T, C]: no longer needed
+    return loss, gpt2_backward(dh, ids, params, config, acts, dwte_head)
 
 
 def loss(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> float:

@@ -33,11 +33,28 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """d gelu(x) / dx, chained with dy: with t = tanh(u), y = 0.5 x (1 + t), so
-    dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
-    s = math.sqrt(2.0 / math.pi)
-    t = np.tanh(s * (x + 0.044715 * x * x * x))  # [...]
-    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (s * (1.0 + 3.0 * 0.044715 * x * x)))
+    """d gelu(x) / dx, chained with dy. In the forward's sigmoid form, y = x sig(2u) with
+    u = sqrt(2/pi) (x + 0.044715 x^3), so dy/dx = sig + x sig' 2 du/dx = sig (1 + (1 - sig) g), where
+    g = 2 x du/dx = 2 sqrt(2/pi) x (1 + 3 * 0.044715 x^2). Three arrays, the rest in place."""
+    s, a = math.sqrt(2.0 / math.pi), 0.044715
+    g = x * x  # x^2
+    sig = g * (-2.0 * a * s)
+    sig -= 2.0 * s
+    sig *= x  # -2u
+    np.minimum(sig, 80.0, out=sig)  # as in the forward: exp stays finite
+    np.exp(sig, out=sig)
+    sig += 1.0
+    np.reciprocal(sig, out=sig)  # sig(2u) = 1 / (1 + exp(-2u))
+    g *= 3.0 * a
+    g += 1.0
+    g *= x
+    g *= 2.0 * s  # g = 2 x du/dx
+    g_sig = g * sig
+    g -= g_sig  # (1 - sig) g
+    g += 1.0
+    g *= sig  # dy/dx
+    g *= dy
+    return g
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -110,17 +127,20 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.nd
     return dx, dw, db
 
 
-def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cross_entropy(logits: np.ndarray, targets: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-row negative log-likelihood of the targets: logits [N, V], targets [N] -> (nll [N], probs [N, V]).
 
     Stable: log softmax(x)[t] = x[t] - max(x) - log(sum(exp(x - max(x)))). The probabilities come back too,
-    because the backward is made of them.
+    because the backward is made of them. `overwrite=True` computes them in the logits' own array (no
+    second [N, V] array; the logits are gone afterwards).
     """
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # [N, V]
-    probs = np.exp(shifted)  # [N, V], unnormalized
+    shifted = logits if overwrite else logits.copy()
+    shifted -= logits.max(axis=-1, keepdims=True)  # [N, V], <= 0
+    picked = shifted[np.arange(len(targets)), targets]  # [N]: x[t] - max(x), taken before exp overwrites it
+    probs = np.exp(shifted, out=shifted)  # [N, V], unnormalized
     total = probs.sum(axis=-1, keepdims=True)  # [N, 1]
-    nll = np.log(total[:, 0]) - shifted[np.arange(len(targets)), targets]  # [N]
-    probs /= total  # [N, V]: softmax(logits)
+    nll = np.log(total[:, 0]) - picked  # [N]
+    probs *= 1.0 / total  # [N, V]: softmax(logits)
     return nll, probs
 
 

@@ -36,6 +36,9 @@ def parse_args():
     p.add_argument("--skip-xl", action="store_true", help="skip the 1558M memory check (writes 6.2 GB to disk)")
     p.add_argument("--skip-tokenizer", action="store_true", help="skip the tokenizer comparison")
     p.add_argument("--skip-load", action="store_true", help="skip the load-time and memory measurements")
+    p.add_argument("--skip-train", action="store_true", help="skip the training-step rows")
+    p.add_argument("--only-train", action="store_true", help="only the training-step rows (and evaluation)")
+    p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p.parse_args()
 
@@ -194,6 +197,135 @@ print(json.dumps({{"peak_rss": peak_rss(), "seconds": time.perf_counter() - t0}}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# --- training ---------------------------------------------------------------------------------------
+
+TRAIN_STEP = PEAK_RSS + """
+import sys, json, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+B, T, steps, side = {B}, {T}, {steps}, {side!r}
+from minigpt2 import GPT2, GPT2Config
+model = GPT2.init(GPT2Config.from_name({size!r}), seed=0)
+rng = np.random.default_rng(0)
+x = rng.integers(0, 50257, (B, T)); y = rng.integers(0, 50257, (B, T))
+if side == "minigpt2":
+    from minigpt2.backward import loss_and_grads
+    from minigpt2.optim import AdamW, clip_grad_norm
+    opt = AdamW(model.params, lr=1e-4)
+    def step():
+        loss, grads = loss_and_grads(x, y, model.params, model.config)
+        clip_grad_norm(grads, 1.0)
+        opt.step(grads)
+else:
+    import torch
+    torch.set_num_threads({threads})
+    sys.path.insert(0, {repo!r})
+    from tests.reference import hf_model
+    hf = hf_model(model, attn_implementation="sdpa")
+    del model
+    hf.train()
+    decay = [p for p in hf.parameters() if p.dim() >= 2]
+    no_decay = [p for p in hf.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{{"params": decay, "weight_decay": 0.1}}, {{"params": no_decay, "weight_decay": 0.0}}],
+                            lr=1e-4, betas=(0.9, 0.95))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits = hf(tx).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ty.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        opt.step()
+times = []
+for _ in range(steps):
+    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+print(json.dumps({{"times": times[1:], "peak_rss": peak_rss()}}))
+"""
+
+
+def train_in_process(side: str, B: int, T: int, steps: int) -> dict:
+    """Step times (after a first, untimed step) and peak RSS of one side, in a fresh process."""
+    code = TRAIN_STEP.format(repo=str(REPO), B=B, T=T, steps=steps + 1, side=side, size=ARGS.size,
+                             threads=ARGS.threads)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(ARGS.threads), OMP_NUM_THREADS=str(ARGS.threads))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def matmul_bound(config: GPT2Config, B: int, T: int, reps: int = 3) -> float:
+    """Seconds NumPy needs for the matrix products of one training step alone (forward, and the two products
+    of each backward), at the step's shapes: the bound a step cannot beat."""
+    N, C, V, D = B * T, config.n_embd, config.n_vocab, config.head_dim
+    rng = np.random.default_rng(0)
+    shapes = [(N, C, 3 * C), (N, C, C), (N, C, 4 * C), (N, 4 * C, C)] * config.n_layer + [(N, C, V)]
+    arrays = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((n, k), dtype=np.float32),
+               rng.standard_normal((m, n), dtype=np.float32)) for m, k, n in shapes]
+    att = rng.standard_normal((B, config.n_head, T, D), dtype=np.float32)
+
+    def products():
+        for x, w, dy in arrays:
+            x @ w.T  # forward
+            dy @ w  # dx
+            dy.T @ x  # dw
+        for _ in range(config.n_layer):  # attention: q k^T and p v, forward and backward (4 more)
+            s = att @ att.swapaxes(-1, -2)
+            for _ in range(2):
+                s @ att
+                att @ att.swapaxes(-1, -2)
+            s @ att
+
+    products()
+    return min(timed(products) for _ in range(reps))
+
+
+def measure_training(config: GPT2Config, rows: list, results: dict) -> None:
+    for shape in ARGS.train_shapes.split(","):
+        B, T = (int(v) for v in shape.split("x"))
+        steps = max(2, ARGS.reps)
+        runs = {"minigpt2": [], "transformers": []}
+        for _ in range(2):  # alternate the fresh processes: A B A B
+            for side in runs:
+                runs[side].append(train_in_process(side, B, T, steps))
+        times = {side: [t for r in rs for t in r["times"]] for side, rs in runs.items()}
+        rss = {side: max(r["peak_rss"] for r in rs) for side, rs in runs.items()}
+        ours, ref = rate(B * T, times["minigpt2"]), rate(B * T, times["transformers"])
+        bound = B * T / matmul_bound(config, B, T)
+        results[f"train_{shape}"] = {"minigpt2": ours, "transformers": ref, "matmul_bound_tokens_per_s": bound,
+                                     "share_of_bound": ours["median"] / bound, "peak_rss": rss}
+        rows.append((f"train step tokens/s ({B} x {T})", ours, ref, ">= 1.3x"))
+        rows.append((f"train step vs matmul bound ({B} x {T})", ours, {"median": bound, "min": bound, "max": bound},
+                     ">= 0.6x"))
+        mine, theirs = rss["minigpt2"] / 1e6, rss["transformers"] / 1e6
+        rows.append((f"train peak RSS MB ({B} x {T}; lower is better)", {"median": mine, "min": mine, "max": mine},
+                     {"median": theirs, "min": theirs, "max": theirs}, "<= 0.7x"))
+
+
+def measure_evaluation(model: GPT2, hf, rows: list, results: dict) -> None:
+    """Scoring 4096 tokens at context 1024, stride 512 (7 windows), both sides scoring the same windows."""
+    from minigpt2.evaluate import evaluate, windows
+
+    ids = np.random.default_rng(1).integers(0, model.config.n_vocab, 4095)
+    s = np.concatenate([[50256], ids])
+    spans = windows(len(ids), 1024, 512)
+
+    def hf_score():
+        total = 0.0
+        with torch.no_grad():
+            for begin, end, first in spans:
+                inp = torch.from_numpy(s[begin : end - 1][None])
+                logits = hf(inp).logits[0, first - begin - 1 :]
+                total += torch.nn.functional.cross_entropy(logits, torch.from_numpy(s[first:end]), reduction="sum")
+        return float(total)
+
+    t = alternate({"minigpt2": lambda: evaluate(model, ids, context=1024, stride=512),
+                   "transformers": hf_score}, ARGS.reps)
+    ours, ref = rate(len(ids), t["minigpt2"]), rate(len(ids), t["transformers"])
+    results["evaluate"] = {"minigpt2": ours, "transformers": ref}
+    rows.append(("evaluate tokens/s (context 1024, stride 512)", ours, ref, ""))
+
+
 def main() -> int:
     reps, n_new = ARGS.reps, ARGS.new_tokens
     config = GPT2Config.from_name(ARGS.size)
@@ -201,6 +333,12 @@ def main() -> int:
     hf = hf_twin(model)
     weight_bytes = sum(a.nbytes for a in flatten(model.params).values())
     rows, results = [], {"machine": machine(), "size": ARGS.size, "threads": ARGS.threads}
+    if ARGS.only_train:
+        measure_evaluation(model, hf, rows, results)
+        del hf
+        measure_training(config, rows, results)
+        print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)
+        return 0
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, config.n_vocab, size=16)
     t_prompt = torch.from_numpy(prompt[None].astype(np.int64))
@@ -258,6 +396,7 @@ def main() -> int:
     single = results["decode"]["minigpt2"]
     rows.append(("batch-4 vs 1-sample decode (minigpt2)", ours, single, ">= 3.0x"))
 
+    measure_evaluation(model, hf, rows, results)
     if not ARGS.skip_load:
         results["load"] = measure_load(model, hf, weight_bytes, reps)
         if not ARGS.skip_xl:
@@ -269,6 +408,10 @@ def main() -> int:
 
         text = bench_tokenizer.default_corpus(4.0)
         results["tokenizer"] = bench_tokenizer.measure(text, bench_tokenizer.find_vocab_dir(None), reps)
+
+    if not ARGS.skip_train:
+        del hf
+        measure_training(config, rows, results)
 
     if ARGS.json:
         print(json.dumps(results, indent=2))
@@ -300,7 +443,9 @@ def print_table(rows, results):
         def cell(r):
             return f"{r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f})"
         print(f"{name:<40}{cell(ours):>22}{cell(ref):>22}{ours['median'] / ref['median']:>7.2f}x  {target}")
-    roof = results["roofline"]
+    roof = results.get("roofline")
+    if not roof:
+        return
     print(f"\nmatrix-vector bandwidth {roof['matvec_GBps']:.1f} GB/s -> at most {roof['max_tokens_per_s']:.1f} "
           f"tokens/s for these weights; minigpt2 decodes at {100 * roof['share']:.0f}% of that")
     ld = results.get("load")
