@@ -42,10 +42,8 @@ from .ops import (
     cross_entropy_backward,
     gelu_backward,
     layer_norm_backward,
-    linear,
     linear_backward,
     softmax,
-    softmax_backward,
 )
 
 # the activations the backward reads, by the last part of their names (model.py's record names)
@@ -88,10 +86,11 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
     dh = np.zeros_like(h2) if backward else None  # [B*T, C]: ignored positions get no gradient
     dwte = np.empty_like(wte) if backward else None  # [V, C], written by the first chunk's product
     scratch = None  # [V, C] for the later chunks' products, made only if there are several chunks
+    buffer = np.empty((min(n, HEAD_ROWS), len(wte)), dtype=h.dtype)  # [HEAD_ROWS, V]: every chunk's logits
     for i in range(0, n, HEAD_ROWS):
         r = rows[i : i + HEAD_ROWS]
         x, t = h2[r], t2[r]  # [n, C], [n]
-        logits = linear(x, wte)  # [n, V]
+        logits = np.matmul(x, wte.T, out=buffer[: len(r)])  # [n, V] (ops.linear, into the one buffer)
         nll, probs = cross_entropy(logits, t, overwrite=True)  # [n], [n, V]: the logits' array, reused
         total += float(nll.sum(dtype=np.float64))
         if backward:
@@ -109,25 +108,29 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
 # --- attention ------------------------------------------------------------------------------------
 
 
-def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
+                       mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Through z = softmax(q k^T / sqrt(D), masked) v: dz [..., H, T, D] -> (dq [..., H, T, D], dk, dv [..., H, S, D]).
 
-    The pattern is recomputed from q and k rather than kept from the forward ([H, T, S] per layer).
-    Masked positions have pattern 0, so softmax_backward gives their scores no gradient.
+    The pattern is recomputed from q and k rather than kept from the forward ([H, T, S] per layer). The softmax
+    backward, dscores = P * (dP - sum_j dP_j P_j), gets its row sums from the forward's output instead of from
+    [T, S] arrays: sum_j dP_ij P_ij = sum_j (dz_i . v_j) P_ij = dz_i . z_i (as FlashAttention computes it).
+    Masked positions have P = 0, so their scores get no gradient.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     pattern = softmax(attention_scores(q, k, mask))  # [..., H, T, S], as in the forward
     dv = pattern.swapaxes(-1, -2) @ dz  # [..., H, S, T] @ [..., H, T, D] -> [..., H, S, D]
-    dpattern = dz @ v.swapaxes(-1, -2)  # [..., H, T, D] @ [..., H, D, S] -> [..., H, T, S]
-    dscores = softmax_backward(dpattern, pattern)  # [..., H, T, S]
-    dq = (dscores @ k) * scale  # [..., H, T, D]
-    dk = (dscores.swapaxes(-1, -2) @ q) * scale  # [..., H, S, D]
+    dscores = dz @ v.swapaxes(-1, -2)  # [..., H, T, S]: d pattern, made d scores in place below
+    dscores -= (dz * z).sum(axis=-1, keepdims=True)  # dP - sum_j dP_j P_j  (ops.softmax_backward, via z)
+    dscores *= pattern
+    dscores *= scale  # the scores were q k^T / sqrt(D)
+    dq = dscores @ k  # [..., H, T, D]
+    dk = dscores.swapaxes(-1, -2) @ q  # [..., H, S, D]
     return dq, dk, dv
 
 
-def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
-                                 block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
+                                 mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`attention_in_blocks` mirrored: each block of queries sends gradient to the keys and values it read."""
     T, S = q.shape[-2], k.shape[-2]
     dq = np.empty_like(q)  # [..., H, T, D]
@@ -136,7 +139,7 @@ def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v
         j = min(i + block, T)
         end = S - T + j  # as in the forward: the keys up to the block's last query
         dq_i, dk_i, dv_i = attention_backward(dz[..., i:j, :], q[..., i:j, :], k[..., :end, :], v[..., :end, :],
-                                              mask[i:j, :end])
+                                              z[..., i:j, :], mask[i:j, :end])
         dq[..., i:j, :] = dq_i
         dk[..., :end, :] += dk_i
         dv[..., :end, :] += dv_i
@@ -150,10 +153,10 @@ def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer:
     q, k, v, z = (acts[f"{name}.{a}"] for a in "qkvz")  # [..., H, T, D] each
     dmerged, dw_proj, db_proj = linear_backward(dout, merge_heads(z), attn["c_proj"]["w"])  # [..., T, C]
     dz = split_heads(dmerged, n_head)  # [..., H, T, D]
-    if q.shape[-2] > QUERY_BLOCK:  # the blocked form, as a long input's forward would run
-        dq, dk, dv = attention_in_blocks_backward(dz, q, k, v, mask, QUERY_BLOCK)
+    if q.shape[-2] > QUERY_BLOCK:  # the blocked form, as a long input's forward runs
+        dq, dk, dv = attention_in_blocks_backward(dz, q, k, v, z, mask, QUERY_BLOCK)
     else:
-        dq, dk, dv = attention_backward(dz, q, k, v, mask)  # [..., H, T, D] each
+        dq, dk, dv = attention_backward(dz, q, k, v, z, mask)  # [..., H, T, D] each
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [..., T, 3C]
     dx, dw_attn, db_attn = linear_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"]["w"])  # [..., T, C]
     return dx, {"c_attn": {"w": dw_attn, "b": db_attn}, "c_proj": {"w": dw_proj, "b": db_proj}}
@@ -216,6 +219,7 @@ def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config) ->
             acts[name] = x
         return x
 
+    record.patterns = False  # attention patterns are recomputed in the backward: blocked attention is fine
     return transformer(ids, params, config, record=record), acts
 
 

@@ -43,6 +43,12 @@ def keep(name: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def records_patterns(record: Record) -> bool:
+    """Whether `record` wants the attention scores and patterns whole ([..., H, T, S]); if not, a long input's
+    attention runs in query blocks. A recorder that never keeps them says so with `record.patterns = False`."""
+    return record is not keep and getattr(record, "patterns", True)
+
+
 # --- attention ------------------------------------------------------------------------------------
 
 
@@ -106,7 +112,7 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
     q, k, v = record(f"{name}.q", q), record(f"{name}.k", k), record(f"{name}.v", v)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # [..., H, S, D]: all positions so far
-    if record is keep and q.shape[-2] > QUERY_BLOCK:  # a long input whose scores nobody records
+    if q.shape[-2] > QUERY_BLOCK and not records_patterns(record):  # a long input whose scores nobody records
         z = attention_in_blocks(q, k, v, mask, QUERY_BLOCK)  # [..., H, T, D]
     else:
         z = attention(q, k, v, mask, record, name)  # [..., H, T, D]

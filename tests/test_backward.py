@@ -103,7 +103,7 @@ def test_causal_attention_backward(rng, T, S):
     q, k, v = (rng.standard_normal((2, 3, n, 4)) * 2 for n in (T, S, S))
     mask = causal_mask(T, S)
     w = rng.standard_normal((2, 3, T, 4))
-    dq, dk, dv = attention_backward(w, q, k, v, mask)
+    dq, dk, dv = attention_backward(w, q, k, v, attention(q, k, v, mask), mask)
     check_against_finite_differences(lambda: (w * attention(q, k, v, mask)).sum(), {"q": q, "k": k, "v": v},
                                      {"q": dq, "k": dk, "v": dv})
 
@@ -113,7 +113,7 @@ def test_attention_in_blocks_backward(rng, T, S, block):
     q, k, v = (rng.standard_normal((3, n, 4)) * 2 for n in (T, S, S))
     mask = causal_mask(T, S)
     w = rng.standard_normal((3, T, 4))
-    dq, dk, dv = attention_in_blocks_backward(w, q, k, v, mask, block)
+    dq, dk, dv = attention_in_blocks_backward(w, q, k, v, attention(q, k, v, mask), mask, block)
     check_against_finite_differences(lambda: (w * attention_in_blocks(q, k, v, mask, block)).sum(),
                                      {"q": q, "k": k, "v": v}, {"q": dq, "k": dk, "v": dv})
 
