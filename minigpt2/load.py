@@ -20,7 +20,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import GPT2Config, canonical_name
-from .download import MODEL_FILES, VOCAB_FILES, cache_dir, download_openai_files
+from .download import MODEL_FILES, cache_dir, download_openai_files
 from .model import Params, check_params, flatten, iter_param_shapes, param_count, unflatten
 from .safetensors import read_safetensors, write_safetensors
 

@@ -77,6 +77,18 @@ def tiny_checkpoint() -> Path:
     return TINY_CHECKPOINT
 
 
+@pytest.fixture
+def copy_of_fixture(tiny_checkpoint, tmp_path):
+    """A writable copy of the TensorFlow-written fixture, to corrupt."""
+    import shutil
+
+    dest = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, dest)
+    for f in dest.iterdir():
+        f.chmod(0o644)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def reference(tiny_checkpoint):
     """reference.npz: logits of the TensorFlow-written fixture computed by an independent converter."""

@@ -2,7 +2,6 @@
 computed by an independent converter (../shared/fixtures/tf-gpt2-tiny/reference.npz)."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,15 +77,6 @@ def test_layers_are_taken_from_names_not_sort_order(tiny_checkpoint):
 
 
 # --- corrupted copies -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def copy_of_fixture(tiny_checkpoint, tmp_path):
-    dest = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint, dest)
-    for f in dest.iterdir():
-        f.chmod(0o644)
-    return dest
 
 
 def test_truncated_data_file_is_named(copy_of_fixture):

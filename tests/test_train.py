@@ -1,7 +1,6 @@
 """Training: AdamW and clipping against PyTorch, learning, checkpoints that survive a kill, the CLI's faults."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

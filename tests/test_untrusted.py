@@ -3,7 +3,6 @@ and a mutation fuzzer finds no foreign exception, hang or memory blow-up."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +13,13 @@ import pytest
 from minigpt2 import GPT2
 from minigpt2.checkpoint import CheckpointError, crc32c, crc32c_array, read_checkpoint, read_table
 from minigpt2.load import convert
-from minigpt2.safetensors import SafetensorsError, write_safetensors
+from minigpt2.safetensors import write_safetensors
 
 from . import fuzz
 
 REPO = Path(__file__).resolve().parents[1]
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork") or not Path("/proc/self/statm").exists(),
                                 reason="the memory-limited children need fork and /proc (Linux)")
-
-
-@pytest.fixture
-def tf_copy(tiny_checkpoint, tmp_path):
-    d = tmp_path / "tf"
-    shutil.copytree(tiny_checkpoint, d)
-    for f in d.iterdir():
-        f.chmod(0o644)
-    return d
 
 
 def rewrite_entry(directory: Path, name: bytes, value: bytes) -> None:
@@ -48,19 +38,19 @@ def limited(load):
 
 
 @needs_fork
-def test_prefix_compressed_keys_cannot_amplify_memory(tf_copy):
+def test_prefix_compressed_keys_cannot_amplify_memory(copy_of_fixture):
     # 10,000 entries of ~6 bytes each, every one sharing 4,000 bytes with the key before it
     first = (0, b"a" * 4000, b"")
     rest = [(4000, bytes([65 + i % 26]), b"") for i in range(10_000)]
-    (tf_copy / "model.ckpt.index").write_bytes(fuzz.table([fuzz.block([first] + rest)]))
-    assert (tf_copy / "model.ckpt.index").stat().st_size < 100_000
-    out = limited(lambda: read_checkpoint(tf_copy / "model.ckpt"))
+    (copy_of_fixture / "model.ckpt.index").write_bytes(fuzz.table([fuzz.block([first] + rest)]))
+    assert (copy_of_fixture / "model.ckpt.index").stat().st_size < 100_000
+    out = limited(lambda: read_checkpoint(copy_of_fixture / "model.ckpt"))
     assert out == {"outcome": "refused", "error": "CheckpointError"}
     with pytest.raises(CheckpointError, match="keys add up to far more bytes than the file holds"):
-        read_checkpoint(tf_copy / "model.ckpt")
-    (tf_copy / "model.ckpt.index").write_bytes(fuzz.table([fuzz.block([(0, b"k" * 300_000, b"")])]))
+        read_checkpoint(copy_of_fixture / "model.ckpt")
+    (copy_of_fixture / "model.ckpt.index").write_bytes(fuzz.table([fuzz.block([(0, b"k" * 300_000, b"")])]))
     with pytest.raises(CheckpointError, match="a key of 300000 bytes"):
-        read_checkpoint(tf_copy / "model.ckpt")
+        read_checkpoint(copy_of_fixture / "model.ckpt")
 
 
 @needs_fork
@@ -86,28 +76,28 @@ def test_unknown_tensors_are_refused_before_any_work(tmp_path):
 
 
 @needs_fork
-def test_a_config_claiming_a_hundred_million_layers_is_refused_at_once(tf_copy):
-    (tf_copy / "hparams.json").write_text('{"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 100000000}')
-    out = limited(lambda: GPT2.from_pretrained(tf_copy))
+def test_a_config_claiming_a_hundred_million_layers_is_refused_at_once(copy_of_fixture):
+    (copy_of_fixture / "hparams.json").write_text('{"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 100000000}')
+    out = limited(lambda: GPT2.from_pretrained(copy_of_fixture))
     assert out == {"outcome": "refused", "error": "CheckpointError"}
     with pytest.raises(CheckpointError, match="implies .* parameters, but the file holds"):
-        GPT2.from_pretrained(tf_copy)
+        GPT2.from_pretrained(copy_of_fixture)
 
 
 # --- exact validation: no silently wrong numbers ---------------------------------------------------
 
 
-def test_a_flipped_data_byte_fails_its_checksum_where_checksums_are_read(tf_copy, tmp_path):
-    data = tf_copy / "model.ckpt.data-00000-of-00001"
+def test_a_flipped_data_byte_fails_its_checksum_where_checksums_are_read(copy_of_fixture, tmp_path):
+    data = copy_of_fixture / "model.ckpt.data-00000-of-00001"
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     data.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="model.ckpt.data-00000-of-00001: tensor .* fails its checksum"):
-        convert(tf_copy, tmp_path / "converted", progress=False)
+        convert(copy_of_fixture, tmp_path / "converted", progress=False)
     assert not (tmp_path / "converted" / "minigpt2.safetensors").exists()
     with pytest.raises(CheckpointError, match="fails its checksum"):
-        GPT2.from_pretrained(tf_copy, verify_crc=True)
-    GPT2.from_pretrained(tf_copy)  # a direct load reads only what it touches: no checksum, as documented
+        GPT2.from_pretrained(copy_of_fixture, verify_crc=True)
+    GPT2.from_pretrained(copy_of_fixture)  # a direct load reads only what it touches: no checksum, as documented
 
 
 def test_the_fixture_passes_every_checksum(tiny_checkpoint):
@@ -131,17 +121,17 @@ def test_crc32c_at_numpy_speed_equals_the_byte_loop(n):
     (fuzz.entry_proto([4], 0, 16, dtype=99), "dtype 99"),
     (b"\x0a\xff\xff\xff\xff\x0f", "runs past the end|truncated"),
 ])
-def test_malformed_index_entries_are_the_readers_own_errors(tf_copy, value, message):
-    rewrite_entry(tf_copy, b"model/ln_f/b", value)
+def test_malformed_index_entries_are_the_readers_own_errors(copy_of_fixture, value, message):
+    rewrite_entry(copy_of_fixture, b"model/ln_f/b", value)
     with pytest.raises(CheckpointError, match=message) as e:
-        read_checkpoint(tf_copy / "model.ckpt")
+        read_checkpoint(copy_of_fixture / "model.ckpt")
     assert "model.ckpt.index" in str(e.value)
 
 
-def test_an_absurd_shard_count_is_refused(tf_copy):
-    rewrite_entry(tf_copy, b"", fuzz.field(1, 0, 10**9))
+def test_an_absurd_shard_count_is_refused(copy_of_fixture):
+    rewrite_entry(copy_of_fixture, b"", fuzz.field(1, 0, 10**9))
     with pytest.raises(CheckpointError, match="names 1000000000 data shards"):
-        read_checkpoint(tf_copy / "model.ckpt")
+        read_checkpoint(copy_of_fixture / "model.ckpt")
 
 
 @pytest.mark.parametrize("text", ["7", "[1]", "\"x\"", b"\xff\xfe{}", "{" * 3000])
