@@ -21,7 +21,6 @@ where bytes counts the text's UTF-8 bytes. Windows run batched; only the scored 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError
 from .download import DownloadError
-from .generate import EOT_ID
+from .generate import EOT_ID, Parser
 from .load import load_model
 from .model import transformer
 from .ops import cross_entropy, linear
@@ -140,15 +139,9 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
 # --- the command line -------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.evaluate FILE ... --model M`: each file's tokens, NLL per token, perplexity, bits/byte."""
-    p = _Parser(prog="minigpt2-evaluate", description="Perplexity and bits per byte of text files under GPT-2.")
+    p = Parser(prog="minigpt2-evaluate", description="Perplexity and bits per byte of text files under GPT-2.")
     p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files")
     p.add_argument("--model", default="124M", help="124M, ..., or a model directory (default 124M)")
     p.add_argument("--context", type=int, default=None, help="tokens the model reads per window (default n_ctx)")

@@ -9,23 +9,17 @@ merges.txt (see GPT2.save with format="huggingface").
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from .checkpoint import CheckpointError
 from .download import DownloadError
+from .generate import Parser
 from .gpt2 import GPT2
 from .tokenizer import Tokenizer
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="minigpt2-export", description="Write a model in Hugging Face's GPT-2 layout.")
+    p = Parser(prog="minigpt2-export", description="Write a model in Hugging Face's GPT-2 layout.")
     p.add_argument("model", help="124M, ..., or a model directory (OpenAI, Hugging Face, minigpt2)")
     p.add_argument("dest", help="the directory to write config.json, model.safetensors, vocab.json, merges.txt into")
     p.add_argument("--overwrite", action="store_true", help="write even where another kind of model is (nothing "

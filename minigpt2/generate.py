@@ -123,14 +123,16 @@ def generate(model, ids, max_new_tokens: int, *, num_samples: int | None = None,
 # --- the command line -----------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2, instead of usage + message
+class Parser(argparse.ArgumentParser):
+    """argparse for minigpt2's command lines: a bad flag is one line and exit code 2, not usage + message."""
+
+    def error(self, message: str):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="minigpt2-generate", description="Continue a prompt with GPT-2 (NumPy).")
+    p = Parser(prog="minigpt2-generate", description="Continue a prompt with GPT-2 (NumPy).")
     p.add_argument("prompt", help="text to continue; '-' reads it from standard input; '' samples unconditionally")
     p.add_argument("--model", default="124M", help="124M, 355M, 774M, 1558M (or gpt2, gpt2-medium, ...), "
                    "downloaded once; or a directory with OpenAI, Hugging Face or converted files (default 124M)")

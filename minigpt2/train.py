@@ -45,6 +45,7 @@ from .backward import loss, loss_and_grads
 from .checkpoint import CheckpointError
 from .config import GPT2Config
 from .download import DownloadError, cache_dir
+from .generate import Parser
 from .gpt2 import GPT2
 from .load import CONVERTED_FILE, load_converted, load_model, models_in, save_converted, write_atomically
 from .model import Params, flatten, init_params, unflatten
@@ -424,15 +425,9 @@ def split_data(cfg: TrainConfig, tok: Tokenizer, progress: bool) -> tuple[np.nda
 # --- the command line -------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(data="", out="")
-    p = _Parser(prog="minigpt2-train", description="Pre-train or fine-tune GPT-2 on text (NumPy).")
+    p = Parser(prog="minigpt2-train", description="Pre-train or fine-tune GPT-2 on text (NumPy).")
     p.add_argument("--data", help="a UTF-8 text file, or a directory of .txt files (required unless --resume)")
     p.add_argument("--out", required=True, help="the run's directory: model, optimizer state, log.jsonl")
     p.add_argument("--val-data", help="validation text (default: the last 10%% of --data)")

@@ -21,9 +21,9 @@ ALLOWED = {
     "gpt2": {"backward", "config", "generate", "load", "model"},
     "optim": {"model"},
     "evaluate": {"checkpoint", "download", "generate", "load", "model", "ops", "tokenizer", "vocab"},
-    "export": {"checkpoint", "download", "gpt2", "tokenizer"},
-    "train": {"backward", "checkpoint", "config", "download", "gpt2", "load", "model", "optim", "safetensors",
-              "tokenizer", "vocab"},
+    "export": {"checkpoint", "download", "generate", "gpt2", "tokenizer"},
+    "train": {"backward", "checkpoint", "config", "download", "generate", "gpt2", "load", "model", "optim",
+              "safetensors", "tokenizer", "vocab"},
     "__init__": {"config", "gpt2", "model", "tokenizer"},
 }
 RUNTIME_DEPENDENCIES = {"numpy", "regex", "requests", "tqdm"}
