@@ -252,15 +252,19 @@ def save_converted(config: GPT2Config, params: Params, dest: str | os.PathLike, 
     files = dict(files or {})
     flat = flatten(check_params(params, config))  # float32, in a fixed order
     dest.mkdir(parents=True, exist_ok=True)
-    check_writable(dest, files, overwrite, writing="converted")
+    changed = check_writable(dest, files, overwrite, writing="converted")
     meta = {**(metadata or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
             "config": json.dumps(config.to_dict()), "files": json.dumps(sorted(files))}
     meta.update({f"file:{name}": data.decode("utf-8") for name, data in files.items()})
-    for name, data in files.items():
-        if not ((dest / name).is_file() and (dest / name).read_bytes() == data):  # never rewrite what is already so
-            write_atomically(dest / name, lambda f, data=data: f.write(data))
-    write_atomically(dest / CONVERTED_FILE, lambda f: write_safetensors(f, flat, meta, progress=progress))
+    write_model(dest, changed, CONVERTED_FILE, lambda f: write_safetensors(f, flat, meta, progress=progress))
     return dest
+
+
+def write_model(dest: Path, files: dict[str, bytes], weights: str, write_weights) -> None:
+    """Write the companion `files`, then the weights file (the commit point), each atomically."""
+    for name, data in files.items():
+        write_atomically(dest / name, lambda f, data=data: f.write(data))
+    write_atomically(dest / weights, write_weights)
 
 
 def write_atomically(path: Path, write) -> None:
@@ -301,9 +305,10 @@ def models_in(directory: Path) -> set[str]:
     return kinds
 
 
-def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing: str) -> None:
+def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing: str) -> dict[str, bytes]:
     """Refuse to save a `writing` ("converted" or "hf") model where it would change what another model's
-    directory loads as, or rewrite a file minigpt2 did not write."""
+    directory loads as, or rewrite a file minigpt2 did not write. Returns the `files` to write: those not
+    already there with these very bytes (never rewritten)."""
     others = sorted(models_in(dest) - {writing})
     if others and not overwrite:
         raise FileExistsError(f"{dest} holds {MODEL_KINDS[others[0]]}; saving this model there would change what "
@@ -316,11 +321,16 @@ def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing
         except (OSError, ValueError):
             raise FileExistsError(f"{dest / CONVERTED_FILE} exists but is not a readable minigpt2 model; "
                                   "remove or move it first") from None
+    changed = {}
     for name, data in files.items():
         path = dest / name
-        if path.exists() and name not in ours and not (path.is_file() and path.read_bytes() == data):
+        if path.is_file() and path.read_bytes() == data:
+            continue
+        if path.exists() and name not in ours:
             raise FileExistsError(f"{path} was not written by minigpt2 and differs from the file this model "
                                   f"would write there; move it away, or save into another directory")
+        changed[name] = data
+    return changed
 
 
 def to_hf(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -360,15 +370,14 @@ def save_huggingface(config: GPT2Config, params: Params, dest: str | os.PathLike
     dest = Path(dest)
     hf_names = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
     files = {hf_names[k]: v for k, v in (files or {}).items() if k in hf_names}
-    files["config.json"] = (json.dumps(hf_config_json(config, eot_id), indent=2) + "\n").encode()
+    config_json = (json.dumps(hf_config_json(config, eot_id), indent=2) + "\n").encode()
     flat = to_hf(flatten(check_params(params, config)))
     dest.mkdir(parents=True, exist_ok=True)
-    check_writable(dest, {k: v for k, v in files.items() if k != "config.json"}, overwrite, writing="hf")
-    for name, data in files.items():
-        if not ((dest / name).is_file() and (dest / name).read_bytes() == data):
-            write_atomically(dest / name, lambda f, data=data: f.write(data))
-    write_atomically(dest / "model.safetensors",
-                     lambda f: write_safetensors(f, flat, {"format": "pt"}, progress=progress))
+    changed = check_writable(dest, files, overwrite, writing="hf")
+    if not ((dest / "config.json").is_file() and (dest / "config.json").read_bytes() == config_json):
+        changed["config.json"] = config_json  # the model's own file, like model.safetensors
+    write_model(dest, changed, "model.safetensors",
+                lambda f: write_safetensors(f, flat, {"format": "pt"}, progress=progress))
     return dest
 
 
