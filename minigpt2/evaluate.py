@@ -30,17 +30,14 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm import tqdm
 
+from .backward import lm_head_and_loss
 from .checkpoint import CheckpointError
 from .download import DownloadError
 from .generate import EOT_ID, Parser
 from .load import load_model
 from .model import transformer
-from .ops import cross_entropy, linear
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
-
-HEAD_ROWS = 256  # scored rows through the LM head at a time: one [HEAD_ROWS, V] array, not [B*T, V]
-
 
 @dataclass(frozen=True)
 class Score:
@@ -127,13 +124,10 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
     inputs = np.stack([s[begin : end - 1] for begin, end, _ in spans])  # [B, T]: all but each window's last token
     targets = np.stack([s[begin + 1 : end] for begin, end, _ in spans])  # [B, T]: the next token at each position
     scored = np.stack([np.arange(begin + 1, end) >= first for begin, end, first in spans])  # [B, T]
+    targets[~scored] = -1  # positions an earlier window scored: no loss here (as in training)
     h = transformer(inputs, model.params, model.config)  # [B, T, C]
-    rows, t = h[scored], targets[scored]  # [n, C], [n]: only the positions this window scores
-    total = 0.0
-    for j in range(0, len(t), HEAD_ROWS):
-        nll, _ = cross_entropy(linear(rows[j : j + HEAD_ROWS], model.params["wte"]), t[j : j + HEAD_ROWS])  # [n]
-        total += float(nll.sum(dtype=np.float64))
-    return total
+    mean, _, _ = lm_head_and_loss(h, model.params["wte"], targets, backward=False)  # only scored rows get logits
+    return mean * int(scored.sum())
 
 
 # --- the command line -------------------------------------------------------------------------------

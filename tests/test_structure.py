@@ -20,7 +20,7 @@ ALLOWED = {
     "generate": {"model", "sample", "tokenizer", "vocab", "checkpoint", "download", "load"},
     "gpt2": {"backward", "config", "generate", "load", "model"},
     "optim": {"model"},
-    "evaluate": {"checkpoint", "download", "generate", "load", "model", "ops", "tokenizer", "vocab"},
+    "evaluate": {"backward", "checkpoint", "download", "generate", "load", "model", "tokenizer", "vocab"},
     "export": {"checkpoint", "download", "generate", "gpt2", "tokenizer"},
     "train": {"backward", "checkpoint", "config", "download", "generate", "gpt2", "load", "model", "optim",
               "safetensors", "tokenizer", "vocab"},
