@@ -339,8 +339,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
         opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)
         start = 0
-    if cfg.block_size > config.n_ctx:
-        raise TrainingError(f"--block-size {cfg.block_size} is larger than the model's context ({config.n_ctx})")
     train_tokens, val_tokens = split_data(cfg, tok, progress)
     val_rng = np.random.default_rng([cfg.seed, 1])  # the same validation windows at every evaluation
     val_batches = [random_windows(val_tokens, cfg.block_size, cfg.batch_size, val_rng) for _ in range(cfg.eval_batches)]
