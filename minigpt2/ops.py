@@ -123,13 +123,35 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float
     return dx, dg, db
 
 
+FEW_ROWS = 8  # inputs of 2..FEW_ROWS rows (decoding a few samples at once) take matmul_few_rows
+WEIGHT_BLOCK = 4 << 20  # bytes of w that matmul_few_rows keeps in cache while every row uses them
+
+
+def matmul_few_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T for a few rows (x [N, n_in], w [n_out, n_in] -> [N, n_out]), the same numbers by another route.
+
+    Why: decoding N samples together reads every weight once per step, but BLAS's matrix product repacks w for
+    such a skinny x on every call, which made 4 rows cost 3x one row. Instead, one matrix-vector product per
+    row over a block of w's rows small enough to stay in the CPU's cache: w streams from memory once, and rows
+    2..N read it from cache (4 rows: 33 instead of 55 ms over the 124M matrices; 1 row: 18 ms).
+    """
+    y = np.empty((x.shape[0], w.shape[0]), dtype=np.result_type(x, w))  # [N, n_out]
+    step = max(1, WEIGHT_BLOCK // max(1, w.shape[1] * w.itemsize))  # rows of w per block
+    for i in range(0, w.shape[0], step):
+        block = w[i : i + step]  # [step, n_in]
+        for r in range(x.shape[0]):
+            np.dot(block, x[r], out=y[r, i : i + step])  # [step]: one row's outputs for this block
+    return y
+
+
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x [..., n_in] @ w.T + b -> [..., n_out], with w stored [n_out, n_in] (GPT-2's "Conv1D", transposed).
 
     Why [n_out, n_in]: for one token, x @ w.T is a matrix-vector product that reads w row after row, the
     order memory streams fastest (about 15% faster than [n_in, n_out] here); decoding is bound by that read.
     """
-    y = x.reshape(-1, x.shape[-1]) @ w.T  # [N, n_in] -> [N, n_out]: batch and time folded into rows, so w is read once
+    x2 = x.reshape(-1, x.shape[-1])  # [N, n_in]: batch and time folded into rows, so w is read once
+    y = matmul_few_rows(x2, w) if 1 < len(x2) <= FEW_ROWS else x2 @ w.T  # [N, n_out]
     if b is not None:
         y += b  # in place: no second [N, n_out] array
     return y.reshape(*x.shape[:-1], w.shape[0])
