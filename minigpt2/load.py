@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError, read_checkpoint
 from .config import GPT2Config, canonical_name
 from .download import MODEL_FILES, cache_dir, download_openai_files
 from .model import Params, check_params, flatten, iter_param_shapes, param_count, unflatten
-from .safetensors import read_safetensors, write_safetensors
+from .safetensors import read_metadata, read_safetensors, write_safetensors
 
 FORMAT = "minigpt2"
 FORMAT_VERSION = "1"  # bump when the converted layout changes; older copies are then converted again
@@ -315,6 +315,13 @@ def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing
                               "the directory loads as. Save into another directory, or pass overwrite=True to add "
                               "minigpt2's files beside them (nothing is removed)")
     ours = set()
+    if writing == "hf" and "hf" in models_in(dest):
+        if is_our_export(dest):
+            ours = {"vocab.json", "merges.txt"}  # written by an earlier export: ours to replace
+        elif not overwrite:
+            raise FileExistsError(f"{dest} holds a Hugging Face model that minigpt2 did not export; exporting there "
+                                  "would replace its config.json and model.safetensors. Export into another "
+                                  "directory, or pass overwrite=True to replace them")
     if writing == "converted" and (dest / CONVERTED_FILE).is_file():
         try:
             ours = set(json.loads(read_safetensors(dest / CONVERTED_FILE)[1].get("files", "[]")))
@@ -331,6 +338,17 @@ def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing
                                   f"would write there; move it away, or save into another directory")
         changed[name] = data
     return changed
+
+
+EXPORT_MARK = {"format": "pt", "written_by": "minigpt2"}  # the metadata of an exported model.safetensors
+
+
+def is_our_export(directory: Path) -> bool:
+    """Whether directory/model.safetensors was written by minigpt2's Hugging Face export (its metadata says so)."""
+    try:
+        return read_metadata(directory / "model.safetensors").get("written_by") == "minigpt2"
+    except (OSError, ValueError):
+        return False
 
 
 def to_hf(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -365,8 +383,8 @@ def save_huggingface(config: GPT2Config, params: Params, dest: str | os.PathLike
     """Write (config, params) as Hugging Face's GPT-2 layout into `dest`: config.json and model.safetensors
     (transformers' names, Conv1D layout, the head tied to wte), with the vocabulary `files` (encoder.json and
     vocab.bpe) as HF names them, vocab.json and merges.txt. The same rules as `save_converted`: only these
-    files are written, each atomically, model.safetensors last; another kind of model is refused unless
-    `overwrite=True`."""
+    files are written, each atomically, model.safetensors last; another kind of model, or a Hugging Face model
+    minigpt2 did not export (its metadata has no written_by: minigpt2), is refused unless `overwrite=True`."""
     dest = Path(dest)
     hf_names = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
     files = {hf_names[k]: v for k, v in (files or {}).items() if k in hf_names}
@@ -377,7 +395,7 @@ def save_huggingface(config: GPT2Config, params: Params, dest: str | os.PathLike
     if not ((dest / "config.json").is_file() and (dest / "config.json").read_bytes() == config_json):
         changed["config.json"] = config_json  # the model's own file, like model.safetensors
     write_model(dest, changed, "model.safetensors",
-                lambda f: write_safetensors(f, flat, {"format": "pt"}, progress=progress))
+                lambda f: write_safetensors(f, flat, EXPORT_MARK, progress=progress))
     return dest
 
 

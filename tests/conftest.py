@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from minigpt2 import download as dl
+
+from .httpserver import FileServer
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY_CHECKPOINT = SHARED / "fixtures" / "tf-gpt2-tiny"
@@ -95,3 +99,15 @@ def reference(tiny_checkpoint):
     import numpy as np
 
     return np.load(tiny_checkpoint / "reference.npz")
+
+
+@pytest.fixture
+def bucket(tiny_checkpoint, tmp_path, monkeypatch):
+    """The fixture served as model "124M" at http://127.0.0.1:port/models/124M/..., an empty cache."""
+    monkeypatch.setattr(dl, "BACKOFF_SECONDS", 0.01)
+    monkeypatch.setenv("MINIGPT2_HOME", str(tmp_path / "cache"))
+    with FileServer() as server:
+        for f in dl.MODEL_FILES:
+            server.files[f"/models/124M/{f}"] = (tiny_checkpoint / f).read_bytes()
+        monkeypatch.setenv("MINIGPT2_BASE_URL", server.url)
+        yield server

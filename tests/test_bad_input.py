@@ -15,7 +15,6 @@ from minigpt2.checkpoint import CheckpointError
 from minigpt2.model import flatten
 from minigpt2.safetensors import SafetensorsError, read_safetensors, write_safetensors
 
-from .test_checkpoint import bucket  # noqa: F401  (the local mirror fixture)
 
 SMALL = GPT2Config(n_vocab=300, n_ctx=32, n_embd=16, n_head=2, n_layer=2)
 
@@ -366,7 +365,7 @@ def test_ids_a_long_prompt_drops_are_checked_too(small):
 # --- 14. two processes loading the same model for the first time --------------------------------------
 
 
-def test_two_processes_downloading_the_same_model_wait_for_each_other(bucket, tmp_path):  # noqa: F811
+def test_two_processes_downloading_the_same_model_wait_for_each_other(bucket, tmp_path):
     bucket.seconds_per_body = 1.0  # a slow mirror: the second process starts while the first is mid-file
     code = "from minigpt2 import GPT2; GPT2.from_pretrained('124M'); print('ok')"
     env = dict(os.environ)

@@ -15,7 +15,6 @@ from minigpt2.checkpoint import CheckpointError, crc32c, read_checkpoint, read_i
 from minigpt2.load import CONVERTED_FILE, convert, converted_dir, from_openai, load_converted
 from minigpt2.safetensors import read_safetensors, write_safetensors
 
-from .httpserver import FileServer
 
 DATA_FILE = "model.ckpt.data-00000-of-00001"
 
@@ -177,18 +176,6 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tiny_checkpoint, tmp_p
 
 
 # --- downloading from a local server in OpenAI's URL layout ---------------------------------------
-
-
-@pytest.fixture
-def bucket(tiny_checkpoint, tmp_path, monkeypatch):
-    """The fixture served as model "124M" at http://127.0.0.1:port/models/124M/..., an empty cache."""
-    monkeypatch.setattr(dl, "BACKOFF_SECONDS", 0.01)
-    monkeypatch.setenv("MINIGPT2_HOME", str(tmp_path / "cache"))
-    with FileServer() as server:
-        for f in dl.MODEL_FILES:
-            server.files[f"/models/124M/{f}"] = (tiny_checkpoint / f).read_bytes()
-        monkeypatch.setenv("MINIGPT2_BASE_URL", server.url)
-        yield server
 
 
 @pytest.mark.reference

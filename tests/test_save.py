@@ -184,6 +184,28 @@ def test_a_foreign_file_under_one_of_our_names_is_never_rewritten(openai_dir_cop
     assert snapshot(openai_dir_copy) == before
 
 
+def test_exporting_over_a_hugging_face_model_minigpt2_did_not_write_is_refused(hf_dir, old_and_new):
+    (model, tok), _ = old_and_new
+    before = snapshot(hf_dir)
+    with pytest.raises(FileExistsError, match=f"{hf_dir} holds a Hugging Face model that minigpt2 did not export.*"
+                                              "overwrite=True"):
+        model.save(hf_dir, tok, format="huggingface")
+    assert snapshot(hf_dir) == before
+    model.save(hf_dir, tok, format="huggingface", overwrite=True)  # asked for: replaced
+    assert snapshot(hf_dir)["model.safetensors"] != before["model.safetensors"]
+
+
+def test_an_earlier_export_is_replaced_by_the_next_one(tmp_path, old_and_new):
+    (model, tok), (other, other_tok) = old_and_new
+    model.save(tmp_path, tok, format="huggingface")
+    other.save(tmp_path, other_tok, format="huggingface")  # our own files, the vocabulary's included
+    first = snapshot(tmp_path)
+    other.save(tmp_path, other_tok, format="huggingface")  # the same export again: nothing rewritten
+    assert snapshot(tmp_path) == first
+    model.save(tmp_path, tok, format="huggingface")
+    assert snapshot(tmp_path) != first
+
+
 def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path, tok, trained_tok):
     small = GPT2.init(GPT2Config(n_vocab=trained_tok.n_vocab, n_ctx=8, n_embd=4, n_head=2, n_layer=1))
     with pytest.raises(ValueError, match=f"50257 ids but the model only n_vocab = {trained_tok.n_vocab}"):
