@@ -35,15 +35,21 @@ def gelu(x: np.ndarray) -> np.ndarray:
     y = np.empty_like(x2)
     for rows in row_chunks(x2):
         xs, ys = x2[rows], y[rows]
-        np.multiply(xs, xs, out=ys)  # x^2
-        ys *= -2.0 * 0.044715 * math.sqrt(2.0 / math.pi)
-        ys -= 2.0 * math.sqrt(2.0 / math.pi)
-        ys *= xs  # -2u
-        np.minimum(ys, 80.0, out=ys)  # exp(80) still fits in float32; the result is 0 to float precision there
-        np.exp(ys, out=ys)
-        ys += 1.0
+        one_plus_exp_minus_2u(xs, out=ys)
         np.divide(xs, ys, out=ys)  # x / (1 + exp(-2u))
     return y.reshape(x.shape)
+
+
+def one_plus_exp_minus_2u(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """1 + exp(-2u), u = sqrt(2/pi) (x + 0.044715 x^3): GELU's denominator, written into `out` (x's shape)."""
+    np.multiply(x, x, out=out)  # x^2
+    out *= -2.0 * 0.044715 * math.sqrt(2.0 / math.pi)
+    out -= 2.0 * math.sqrt(2.0 / math.pi)
+    out *= x  # -2u
+    np.minimum(out, 80.0, out=out)  # exp(80) still fits in float32; the result is 0 to float precision there
+    np.exp(out, out=out)
+    out += 1.0
+    return out
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -55,14 +61,9 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     dx = np.empty_like(x2)
     for rows in row_chunks(x2):
         xs, g = x2[rows], dx[rows]
+        sig = one_plus_exp_minus_2u(xs, out=np.empty_like(xs))
+        np.reciprocal(sig, out=sig)  # sig(2u) = 1 / (1 + exp(-2u)), as in the forward
         np.multiply(xs, xs, out=g)  # x^2
-        sig = g * (-2.0 * a * s)
-        sig -= 2.0 * s
-        sig *= xs  # -2u
-        np.minimum(sig, 80.0, out=sig)  # as in the forward: exp stays finite
-        np.exp(sig, out=sig)
-        sig += 1.0
-        np.reciprocal(sig, out=sig)  # sig(2u) = 1 / (1 + exp(-2u))
         g *= 3.0 * a
         g += 1.0
         g *= xs
