@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="minigpt2-export", description="Write a model in Hugging Face's GPT-2 layout.")
     p.add_argument("model", help="124M, ..., or a model directory (OpenAI, Hugging Face, minigpt2)")
     p.add_argument("dest", help="the directory to write config.json, model.safetensors, vocab.json, merges.txt into")
-    p.add_argument("--overwrite", action="store_true", help="write even where another kind of model is (nothing "
-                   "is removed)")
+    p.add_argument("--overwrite", action="store_true", help="write even where another model is: other formats' "
+                   "files stay beside ours; a Hugging Face model minigpt2 did not export is replaced")
     args = p.parse_args(argv)
     try:
         model = GPT2.from_pretrained(args.model)

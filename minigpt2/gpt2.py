@@ -52,7 +52,8 @@ class GPT2:
         model.safetensors, vocab.json, merges.txt, which transformers' GPT2LMHeadModel.from_pretrained and
         GPT2TokenizerFast.from_pretrained read. `GPT2.from_pretrained(path)` and `Tokenizer.from_pretrained(path)`
         load either. Only the format's own files are written, each atomically; nothing else in `path` is
-        touched. A directory holding another kind of model is refused unless `overwrite=True`.
+        touched. A directory holding another kind of model, or (for "huggingface") a Hugging Face model minigpt2
+        did not export, is refused unless `overwrite=True`.
         """
         files, eot_id = {}, None
         if tokenizer is not None:

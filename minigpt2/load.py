@@ -309,13 +309,14 @@ def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing
     """Refuse to save a `writing` ("converted" or "hf") model where it would change what another model's
     directory loads as, or rewrite a file minigpt2 did not write. Returns the `files` to write: those not
     already there with these very bytes (never rewritten)."""
-    others = sorted(models_in(dest) - {writing})
+    kinds = models_in(dest)
+    others = sorted(kinds - {writing})
     if others and not overwrite:
         raise FileExistsError(f"{dest} holds {MODEL_KINDS[others[0]]}; saving this model there would change what "
                               "the directory loads as. Save into another directory, or pass overwrite=True to add "
                               "minigpt2's files beside them (nothing is removed)")
     ours = set()
-    if writing == "hf" and "hf" in models_in(dest):
+    if writing == "hf" and "hf" in kinds:
         if is_our_export(dest):
             ours = {"vocab.json", "merges.txt"}  # written by an earlier export: ours to replace
         elif not overwrite:
