@@ -345,7 +345,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_checkpoint(out, 0, config, params, tok, opt, rng, cfg)  # the run exists from the first instant
-        append_log(out, {"step": 0, "val_loss": float(np.mean([loss(x, y, params, config) for x, y in val_batches]))})
+        append_log(out, {"step": 0, "val_loss": validation_loss(val_batches, params, config)})
     last_saved = start
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
@@ -381,7 +381,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:.0f}")
             if n % cfg.eval_every == 0 or n == cfg.steps:
-                val_loss = float(np.mean([loss(x, y, params, config) for x, y in val_batches]))
+                val_loss = validation_loss(val_batches, params, config)
                 append_log(out, {"step": n, "val_loss": val_loss})
                 bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}")
             if n % cfg.save_every == 0 or n == cfg.steps:
@@ -394,6 +394,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
                 save_checkpoint(out, completed, config, params, tok, opt, rng, cfg)
             raise KeyboardInterrupt
     return GPT2(config, params)
+
+
+def validation_loss(batches: list[tuple[np.ndarray, np.ndarray]], params: Params, config: GPT2Config) -> float:
+    """The mean loss over the validation batches (inputs, targets), forward only."""
+    return float(np.mean([loss(x, y, params, config) for x, y in batches]))
 
 
 def add_into(total: Params, more: Params) -> Params:
