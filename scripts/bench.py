@@ -86,6 +86,11 @@ def rate(work: float, times: list[float]) -> dict:
     return {"median": work / statistics.median(times), "min": work / max(times), "max": work / min(times)}
 
 
+def one_value(x: float) -> dict:
+    """A single measurement (or a bound) in the shape `rate` gives a series."""
+    return {"median": x, "min": x, "max": x}
+
+
 def hf_twin(model: GPT2):
     """transformers' GPT2LMHeadModel holding the same weights, float32, with its default attention (SDPA),
     as a user gets it from from_pretrained."""
@@ -220,7 +225,6 @@ if side == "minigpt2":
 else:
     import torch
     torch.set_num_threads({threads})
-    sys.path.insert(0, {repo!r})
     from tests.reference import hf_model
     hf = hf_model(model, attn_implementation="sdpa")
     del model
@@ -296,11 +300,10 @@ def measure_training(config: GPT2Config, rows: list, results: dict) -> None:
         results[f"train_{shape}"] = {"minigpt2": ours, "transformers": ref, "matmul_bound_tokens_per_s": bound,
                                      "share_of_bound": ours["median"] / bound, "peak_rss": rss}
         rows.append((f"train step tokens/s ({B} x {T})", ours, ref, ">= 1.3x"))
-        rows.append((f"train step vs matmul bound ({B} x {T})", ours, {"median": bound, "min": bound, "max": bound},
-                     ">= 0.6x"))
+        rows.append((f"train step vs matmul bound ({B} x {T})", ours, one_value(bound), ">= 0.6x"))
         mine, theirs = rss["minigpt2"] / 1e6, rss["transformers"] / 1e6
-        rows.append((f"train peak RSS MB ({B} x {T}; lower is better)", {"median": mine, "min": mine, "max": mine},
-                     {"median": theirs, "min": theirs, "max": theirs}, "<= 0.7x"))
+        rows.append((f"train peak RSS MB ({B} x {T}; lower is better)", one_value(mine), one_value(theirs),
+                     "<= 0.7x"))
 
 
 def measure_evaluation(model: GPT2, hf, rows: list, results: dict) -> None:
@@ -377,8 +380,8 @@ def main() -> int:
     results["roofline"] = {"matvec_GBps": bandwidth / 1e9, "max_tokens_per_s": roofline,
                            "share": ours["median"] / roofline, "weights_matvec_tokens_per_s": floor,
                            "share_of_weights_matvec": ours["median"] / floor}
-    rows.append(("decode vs bandwidth roofline", ours, {"median": roofline, "min": roofline, "max": roofline}, ">= 0.85x"))
-    rows.append(("decode vs its weights' matvecs alone", ours, {"median": floor, "min": floor, "max": floor}, ""))
+    rows.append(("decode vs bandwidth roofline", ours, one_value(roofline), ">= 0.85x"))
+    rows.append(("decode vs its weights' matvecs alone", ours, one_value(floor), ""))
     del roof
 
     if ARGS.only_decode:
