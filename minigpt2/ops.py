@@ -11,16 +11,11 @@ np.pi); Python floats keep float32. Every constant here is a Python float for th
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
 
 CHUNK = 1 << 16  # elements of element-wise work done at a time: its temporaries stay in the CPU's cache
-THREADS = min(2, os.cpu_count() or 1)  # threads for element-wise work: both cores, as the matrix products use
-_pool: ThreadPoolExecutor | None = None
 
 
 def row_chunks(x: np.ndarray) -> list[slice]:
@@ -28,30 +23,6 @@ def row_chunks(x: np.ndarray) -> list[slice]:
     piece at a time, so that a formula's dozen passes do not each stream the whole array through memory."""
     step = max(1, CHUNK // max(1, x.shape[-1]))
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
-
-
-def for_each_chunk(work: Callable[[slice], None], x: np.ndarray) -> None:
-    """work(rows) for each of x's row_chunks, THREADS threads taking turns (x [N, D]).
-
-    Why: NumPy's element-wise loops run on one core while its matrix products use all of them; the chunks are
-    independent and NumPy lets go of the GIL inside its loops, so threads give the element-wise work the same
-    cores. `work` writes its chunk's results into arrays made beforehand. One chunk (a decoding step's few
-    rows) runs right here, with no thread involved.
-    """
-    global _pool
-    chunks = row_chunks(x)
-    if THREADS == 1 or len(chunks) == 1:
-        for rows in chunks:
-            work(rows)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS)
-
-    def turns(k: int) -> None:  # thread k takes chunks k, k + THREADS, ...: neighbours run side by side
-        for rows in chunks[k::THREADS]:
-            work(rows)
-
-    list(_pool.map(turns, range(THREADS)))  # list(): re-raises an exception from any chunk
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -62,13 +33,10 @@ def gelu(x: np.ndarray) -> np.ndarray:
     """
     x2 = x.reshape(-1, x.shape[-1])  # [N, D]
     y = np.empty_like(x2)
-
-    def rows(r: slice) -> None:
-        xs, ys = x2[r], y[r]
+    for rows in row_chunks(x2):
+        xs, ys = x2[rows], y[rows]
         one_plus_exp_minus_2u(xs, out=ys)
         np.divide(xs, ys, out=ys)  # x / (1 + exp(-2u))
-
-    for_each_chunk(rows, x2)
     return y.reshape(x.shape)
 
 
@@ -91,9 +59,8 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     s, a = math.sqrt(2.0 / math.pi), 0.044715
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])  # [N, D]
     dx = np.empty_like(x2)
-
-    def rows(r: slice) -> None:
-        xs, g = x2[r], dx[r]
+    for rows in row_chunks(x2):
+        xs, g = x2[rows], dx[rows]
         sig = one_plus_exp_minus_2u(xs, out=np.empty_like(xs))
         np.reciprocal(sig, out=sig)  # sig(2u) = 1 / (1 + exp(-2u)), as in the forward
         np.multiply(xs, xs, out=g)  # x^2
@@ -105,9 +72,7 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
         g -= g_sig  # (1 - sig) g
         g += 1.0
         g *= sig  # dy/dx
-        g *= dy2[r]
-
-    for_each_chunk(rows, x2)
+        g *= dy2[rows]
     return dx.reshape(x.shape)
 
 
@@ -117,19 +82,10 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     >>> softmax(np.array([1.0, 1.0], dtype=np.float32))
     array([0.5, 0.5], dtype=float32)
     """
-    if axis % x.ndim != x.ndim - 1:
-        return np.moveaxis(softmax(np.moveaxis(x, axis, -1)), -1, axis)
-    x2 = x.reshape(-1, x.shape[-1])  # [N, S]: one row per distribution
-    e = np.empty_like(x2)  # the one new array; the rest works in place in it
-
-    def rows(r: slice) -> None:
-        es = e[r]
-        np.subtract(x2[r], x2[r].max(axis=-1, keepdims=True), out=es)
-        np.exp(es, out=es)
-        es *= 1.0 / es.sum(axis=-1, keepdims=True)  # multiply by the reciprocal: cheaper than dividing every entry
-
-    for_each_chunk(rows, x2)
-    return e.reshape(x.shape)
+    e = x - x.max(axis=axis, keepdims=True)  # the one new array; the rest works in place in it
+    np.exp(e, out=e)
+    e *= 1.0 / e.sum(axis=axis, keepdims=True)  # multiply by the reciprocal: cheaper than dividing every entry
+    return e
 
 
 def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -139,20 +95,13 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarra
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Normalize each row of x [..., C] to mean 0 and variance 1, then scale by g [C] and shift by b [C]."""
-    x2 = x.reshape(-1, x.shape[-1])  # [N, C]
-    n = x2.shape[1]  # .sum / n: the same as .mean, without its Python-level overhead (this runs 25x per token)
-    y = np.empty_like(x2)  # [N, C]: the one new array, then in place
-
-    def rows(r: slice) -> None:
-        ys = y[r]
-        np.subtract(x2[r], x2[r].sum(axis=-1, keepdims=True) / n, out=ys)  # centered
-        var = (ys * ys).sum(axis=-1, keepdims=True) / n  # [n, 1] (biased variance, as in GPT-2)
-        ys /= np.sqrt(var + eps)  # normalized
-        ys *= g
-        ys += b
-
-    for_each_chunk(rows, x2)
-    return y.reshape(x.shape)
+    n = x.shape[-1]  # .sum / n: the same as .mean, without its Python-level overhead (this runs 25x per token)
+    y = x - x.sum(axis=-1, keepdims=True) / n  # [..., C] centered; the one new [..., C] array, then in place
+    var = (y * y).sum(axis=-1, keepdims=True) / n  # [..., 1] (biased variance, as in GPT-2)
+    y /= np.sqrt(var + eps)  # [..., C] normalized
+    y *= g
+    y += b
+    return y
 
 
 def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float = 1e-5,
@@ -160,30 +109,25 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float
     """Through y = g * xhat + b, xhat = (x - mean) / sqrt(var + eps): (dx [..., C], dg [C], db [C]).
 
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), with dxhat = dy * g: the two means
-    remove what flows into the row's mean and variance. dg and db sum over every row (the parameters are
-    shared by all of them): each chunk of rows adds up its share, and the shares are added in row order.
+    remove what flows into the row's mean and variance. dg and db sum over every row (all rows share the
+    parameters). A row chunk at a time (see row_chunks): 1.5-2x faster than whole arrays at 2048 rows.
     """
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])  # [N, C]
     n = x2.shape[1]
     dx = np.empty_like(x2)  # [N, C]
-    shares = {}  # first row of a chunk -> (its dg, its db)
-
-    def rows(r: slice) -> None:
-        dys = dy2[r]
-        xc = x2[r] - x2[r].sum(axis=-1, keepdims=True) / n  # [n, C] centered
+    dg, db = np.zeros_like(g), np.zeros_like(g)  # [C]: each chunk adds its rows' share
+    for rows in row_chunks(x2):
+        xs, dys, dxs = x2[rows], dy2[rows], dx[rows]
+        xc = xs - xs.sum(axis=-1, keepdims=True) / n  # [n, C] centered
         rstd = 1.0 / np.sqrt((xc * xc).sum(axis=-1, keepdims=True) / n + eps)  # [n, 1]
         xhat = np.multiply(xc, rstd, out=xc)  # [n, C]
-        shares[r.start] = ((dys * xhat).sum(axis=0), dys.sum(axis=0))  # [C], [C]
+        dg += (dys * xhat).sum(axis=0)
+        db += dys.sum(axis=0)
         dxhat = dys * g  # [n, C]
-        dxs = dx[r]
-        np.multiply(xhat, (dxhat * xhat).sum(axis=-1, keepdims=True) / n, out=dxs)
+        np.multiply(xhat, (dxhat * xhat).sum(axis=-1, keepdims=True) / n, out=dxs)  # xhat mean(dxhat xhat)
         np.subtract(dxhat, dxs, out=dxs)
         dxs -= dxhat.sum(axis=-1, keepdims=True) / n
         dxs *= rstd
-
-    for_each_chunk(rows, x2)
-    dg = sum(shares[i][0] for i in sorted(shares))  # [C]: the same order every run, whichever thread ran which
-    db = sum(shares[i][1] for i in sorted(shares))  # [C]
     return dx.reshape(x.shape), dg, db
 
 
@@ -238,30 +182,19 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, overwrite: bool = Fal
     because the backward is made of them. `overwrite=True` computes them in the logits' own array (no
     second [N, V] array; the logits are gone afterwards).
     """
-    probs = logits if overwrite else np.empty_like(logits)  # [N, V]
-    nll = np.empty(len(targets), dtype=logits.dtype)  # [N]
-
-    def rows(r: slice) -> None:
-        p, t = probs[r], targets[r]
-        np.subtract(logits[r], logits[r].max(axis=-1, keepdims=True), out=p)  # [n, V], <= 0
-        picked = p[np.arange(len(t)), t]  # [n]: x[t] - max(x), taken before exp overwrites it
-        np.exp(p, out=p)  # unnormalized
-        total = p.sum(axis=-1, keepdims=True)  # [n, 1]
-        nll[r] = np.log(total[:, 0]) - picked
-        p *= 1.0 / total  # softmax(logits)
-
-    for_each_chunk(rows, logits)
+    shifted = logits if overwrite else logits.copy()
+    shifted -= logits.max(axis=-1, keepdims=True)  # [N, V], <= 0
+    picked = shifted[np.arange(len(targets)), targets]  # [N]: x[t] - max(x), taken before exp overwrites it
+    probs = np.exp(shifted, out=shifted)  # [N, V], unnormalized
+    total = probs.sum(axis=-1, keepdims=True)  # [N, 1]
+    nll = np.log(total[:, 0]) - picked  # [N]
+    probs *= 1.0 / total  # [N, V]: softmax(logits)
     return nll, probs
 
 
 def cross_entropy_backward(dnll: np.ndarray, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Through nll = -log softmax(logits)[target]: dlogits = dnll * (softmax(logits) - onehot(target)) [N, V].
     Overwrites `probs` (the forward's softmax), which is not needed afterwards."""
-
-    def rows(r: slice) -> None:
-        p = probs[r]
-        p[np.arange(len(p)), targets[r]] -= 1.0
-        p *= dnll[r, None]
-
-    for_each_chunk(rows, probs)
+    probs[np.arange(len(targets)), targets] -= 1.0
+    probs *= dnll[:, None]
     return probs
