@@ -115,7 +115,7 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])  # [N, C]
     n = x2.shape[1]
     dx = np.empty_like(x2)  # [N, C]
-    dg, db = np.zeros_like(g), np.zeros_like(g)  # [C]: each chunk adds its rows' share
+    dg, db = np.zeros(n, dtype=dx.dtype), np.zeros(n, dtype=dx.dtype)  # [C]: each chunk adds its rows' share
     for rows in row_chunks(x2):
         xs, dys, dxs = x2[rows], dy2[rows], dx[rows]
         xc = xs - xs.sum(axis=-1, keepdims=True) / n  # [n, C] centered
