@@ -21,7 +21,10 @@ import numpy as np
 from .model import Params, flatten
 
 
-SLICE = 1 << 18  # entries updated together (1 MB of float32 per array): small enough to stay in cache
+# entries updated together: p, g, m, v and the scratch slice, 512 KB each in float32, stay in one core's 2.5 MB
+# of cache. Measured over the 124M shape's 124M entries (Intel Xeon, 2 threads): 1 << 16: 0.38 s, 1 << 17: 0.34 s,
+# 1 << 18: 0.39 s; smaller slices cost more, each thread waiting for the GIL between NumPy's short loops.
+SLICE = 1 << 17
 THREADS = 2  # AdamW is bound by memory: a second thread helps, more hardly do
 
 
