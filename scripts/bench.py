@@ -475,7 +475,8 @@ def print_table(rows, results):
     for key, r in results.items():
         if key.startswith("train_"):  # whether this host allows the 1.3x target at all
             print(f"{key.removeprefix('train_')}: NumPy's matrix products alone allow at most "
-                  f"{r['matmul_bound_tokens_per_s']:.1f} tokens/s; {TRAIN_TARGET}x transformers would be {100 * r['target_share_of_bound']:.0f}% of that")
+                  f"{r['matmul_bound_tokens_per_s']:.1f} tokens/s; {TRAIN_TARGET}x transformers would be "
+                  f"{100 * r['target_share_of_bound']:.0f}% of that")
     if "finetune_774M_1x256" in results:
         ft = results["finetune_774M_1x256"]
         print(f"fine-tuning the 774M shape at 1 x 256 tokens (fresh process): peak RSS "
