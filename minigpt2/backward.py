@@ -30,6 +30,7 @@ import numpy as np
 from .config import GPT2Config
 from .model import (
     QUERY_BLOCK,
+    Dropout,
     Params,
     attention_scores,
     causal_mask,
@@ -40,6 +41,8 @@ from .model import (
 from .ops import (
     cross_entropy,
     cross_entropy_backward,
+    dropout,
+    dropout_backward,
     gelu_backward,
     layer_norm_backward,
     linear_backward,
@@ -109,18 +112,25 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
 
 
 def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
-                       mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       mask: np.ndarray | None, drop: np.ndarray | None = None, p: float = 0.0,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Through z = softmax(q k^T / sqrt(D), masked) v: dz [..., H, T, D] -> (dq [..., H, T, D], dk, dv [..., H, S, D]).
 
     The pattern is recomputed from q and k rather than kept from the forward ([H, T, S] per layer). The softmax
     backward, dscores = P * (dP - sum_j dP_j P_j), gets its row sums from the forward's output instead of from
     [T, S] arrays: sum_j dP_ij P_ij = sum_j (dz_i . v_j) P_ij = dz_i . z_i (as FlashAttention computes it).
     Masked positions have P = 0, so their scores get no gradient.
+
+    With dropout (`drop`, `p`), z = P' v with P' = dropout(P): dP = dropout_backward(dP'), and the row sums
+    are unchanged, sum_j dP_ij P_ij = sum_j dP'_ij P'_ij = dz_i . z_i.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     pattern = softmax(attention_scores(q, k, mask))  # [..., H, T, S], as in the forward
-    dv = pattern.swapaxes(-1, -2) @ dz  # [..., H, S, T] @ [..., H, T, D] -> [..., H, S, D]
+    dropped = pattern if drop is None else dropout(pattern, drop, p)  # [..., H, T, S]: what multiplied v
+    dv = dropped.swapaxes(-1, -2) @ dz  # [..., H, S, T] @ [..., H, T, D] -> [..., H, S, D]
     dscores = dz @ v.swapaxes(-1, -2)  # [..., H, T, S]: d pattern, made d scores in place below
+    if drop is not None:
+        dscores = dropout_backward(dscores, drop, p)  # [..., H, T, S]: d of the pattern before dropout
     dscores -= (dz * z).sum(axis=-1, keepdims=True)  # dP - sum_j dP_j P_j  (ops.softmax_backward, via z)
     dscores *= pattern
     dscores *= scale  # the scores were q k^T / sqrt(D)
@@ -130,7 +140,8 @@ def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarr
 
 
 def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
-                                 mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                                 mask: np.ndarray, block: int, drop: np.ndarray | None = None, p: float = 0.0,
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`attention_in_blocks` mirrored: each block of queries sends gradient to the keys and values it read."""
     T, S = q.shape[-2], k.shape[-2]
     dq = np.empty_like(q)  # [..., H, T, D]
@@ -138,8 +149,9 @@ def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v
     for i in range(0, T, block):
         j = min(i + block, T)
         end = S - T + j  # as in the forward: the keys up to the block's last query
+        drop_ij = None if drop is None else drop[..., i:j, :end]
         dq_i, dk_i, dv_i = attention_backward(dz[..., i:j, :], q[..., i:j, :], k[..., :end, :], v[..., :end, :],
-                                              z[..., i:j, :], mask[i:j, :end])
+                                              z[..., i:j, :], mask[i:j, :end], drop_ij, p)
         dq[..., i:j, :] = dq_i
         dk[..., :end, :] += dk_i
         dv[..., :end, :] += dv_i
@@ -147,16 +159,17 @@ def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v
 
 
 def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer: int, mask: np.ndarray | None,
-                 ) -> tuple[np.ndarray, Params]:
+                 dropout: Dropout | None = None) -> tuple[np.ndarray, Params]:
     """`mha` mirrored: dout [..., T, C] -> (d its input [..., T, C], grads of c_attn and c_proj)."""
     name = f"blocks.{layer}.attn"
     q, k, v, z = (acts[f"{name}.{a}"] for a in "qkvz")  # [..., H, T, D] each
     dmerged, dw_proj, db_proj = linear_backward(dout, merge_heads(z), attn["c_proj"]["w"])  # [..., T, C]
     dz = split_heads(dmerged, n_head)  # [..., H, T, D]
+    drop, p = (None, 0.0) if dropout is None else (dropout.keep[f"{name}.pattern"], dropout.p)  # [..., H, T, S]
     if q.shape[-2] > QUERY_BLOCK:  # the blocked form, as a long input's forward runs
-        dq, dk, dv = attention_in_blocks_backward(dz, q, k, v, z, mask, QUERY_BLOCK)
+        dq, dk, dv = attention_in_blocks_backward(dz, q, k, v, z, mask, QUERY_BLOCK, drop, p)
     else:
-        dq, dk, dv = attention_backward(dz, q, k, v, z, mask)  # [..., H, T, D] each
+        dq, dk, dv = attention_backward(dz, q, k, v, z, mask, drop, p)  # [..., H, T, D] each
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [..., T, 3C]
     dx, dw_attn, db_attn = linear_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"]["w"])  # [..., T, C]
     return dx, {"c_attn": {"w": dw_attn, "b": db_attn}, "c_proj": {"w": dw_proj, "b": db_proj}}
@@ -175,18 +188,21 @@ def mlp_backward(dout: np.ndarray, p: Params, acts: dict, layer: int) -> tuple[n
 
 
 def block_backward(dx: np.ndarray, p: Params, acts: dict, config: GPT2Config, layer: int,
-                   mask: np.ndarray | None) -> tuple[np.ndarray, Params]:
+                   mask: np.ndarray | None, dropout: Dropout | None = None) -> tuple[np.ndarray, Params]:
     """`block` mirrored: d its output [..., T, C] -> (d its input [..., T, C], grads of the block's params).
 
-    Each residual connection x + f(x) passes dx straight through and adds what flows back through f.
+    Each residual connection x + f(x) passes dx straight through and adds what flows back through f
+    (through the forward's dropout mask first, if it had one).
     """
     eps, name = config.layer_norm_epsilon, f"blocks.{layer}"
-    # x = x_mid + mlp(ln_2(x_mid))
-    dh, d_mlp = mlp_backward(dx, p["mlp"], acts, layer)  # [..., T, C]
+    # x = x_mid + dropout(mlp(ln_2(x_mid)))
+    dh = dx if dropout is None else dropout_backward(dx, dropout.keep[f"{name}.mlp.out"], dropout.p)
+    dh, d_mlp = mlp_backward(dh, p["mlp"], acts, layer)  # [..., T, C]
     dh, dg_2, db_2 = layer_norm_backward(dh, acts[f"{name}.resid_mid"], p["ln_2"]["g"], eps)
     dx = dx + dh  # [..., T, C]: d x_mid
-    # x_mid = x_pre + mha(ln_1(x_pre))
-    dh, d_attn = mha_backward(dx, p["attn"], acts, config.n_head, layer, mask)  # [..., T, C]
+    # x_mid = x_pre + dropout(mha(ln_1(x_pre)))
+    dh = dx if dropout is None else dropout_backward(dx, dropout.keep[f"{name}.attn.out"], dropout.p)
+    dh, d_attn = mha_backward(dh, p["attn"], acts, config.n_head, layer, mask, dropout)  # [..., T, C]
     dh, dg_1, db_1 = layer_norm_backward(dh, acts[f"{name}.resid_pre"], p["ln_1"]["g"], eps)
     dx = dx + dh  # [..., T, C]: d x_pre
     return dx, {"ln_1": {"g": dg_1, "b": db_1}, "attn": d_attn, "ln_2": {"g": dg_2, "b": db_2}, "mlp": d_mlp}
@@ -210,7 +226,8 @@ def embedding_backward(dx: np.ndarray, ids: np.ndarray, params: Params, dwte: np
 # --- the whole model ------------------------------------------------------------------------------
 
 
-def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config) -> tuple[np.ndarray, dict]:
+def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config, dropout: Dropout | None = None,
+                         ) -> tuple[np.ndarray, dict]:
     """model.transformer, keeping the activations the backward reads: (h [..., T, C], {name: array})."""
     acts: dict[str, np.ndarray] = {}
 
@@ -220,11 +237,11 @@ def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config) ->
         return x
 
     record.patterns = False  # attention patterns are recomputed in the backward: blocked attention is fine
-    return transformer(ids, params, config, record=record), acts
+    return transformer(ids, params, config, record=record, dropout=dropout), acts
 
 
 def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2Config, acts: dict,
-                  dwte_head: np.ndarray | None = None) -> Params:
+                  dwte_head: np.ndarray | None = None, dropout: Dropout | None = None) -> Params:
     """`transformer` mirrored: dh (d the final layer norm's output) [..., T, C] -> grads of every parameter.
     The tied head's share of dwte, if given, receives the embedding's share (and is the grads' "wte")."""
     T = ids.shape[-1]
@@ -233,17 +250,22 @@ def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2C
     dx, dg, db = layer_norm_backward(dh, x_last, params["ln_f"]["g"], config.layer_norm_epsilon)
     blocks = [None] * config.n_layer
     for layer in reversed(range(config.n_layer)):
-        dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask)
+        dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask, dropout)
+    if dropout is not None:
+        dx = dropout_backward(dx, dropout.keep["embed"], dropout.p)  # [..., T, C]: the embeddings' dropout
     dwte, dwpe = embedding_backward(dx, ids, params, dwte_head)  # tied: wte is the embedding and the head
     return {"wte": dwte, "wpe": dwpe, "blocks": blocks, "ln_f": {"g": dg, "b": db}}
 
 
-def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> tuple[float, Params]:
-    """(mean cross-entropy, grads with the structure, shapes and dtype of params). ids, targets [T] or [B, T]."""
-    h, acts = forward_for_backward(ids, params, config)  # [..., T, C]
+def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config,
+                   dropout: Dropout | None = None) -> tuple[float, Params]:
+    """(mean cross-entropy, grads with the structure, shapes and dtype of params). ids, targets [T] or [B, T].
+    With `dropout` (a model.Dropout), the forward drops as GPT-2 does in training and the backward uses the
+    same masks: the exact gradient of the loss for the masks drawn."""
+    h, acts = forward_for_backward(ids, params, config, dropout)  # [..., T, C]
     loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets)
     del h  # [..., T, C]: no longer needed
-    return loss, gpt2_backward(dh, ids, params, config, acts, dwte_head)
+    return loss, gpt2_backward(dh, ids, params, config, acts, dwte_head, dropout)
 
 
 def loss(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> float:

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from .config import GPT2Config
-from .ops import gelu, layer_norm, linear, softmax
+from .ops import dropout, gelu, layer_norm, linear, softmax
 
 Params = dict
 Record = Callable[[str, np.ndarray], np.ndarray]
@@ -78,15 +78,18 @@ def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None) -> n
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, record: Record = keep,
-              name: str = "attn") -> np.ndarray:
-    """softmax(q k^T / sqrt(D), masked) v: q [..., H, T, D], k and v [..., H, S, D] -> [..., H, T, D]."""
+              name: str = "attn", drop: np.ndarray | None = None, p: float = 0.0) -> np.ndarray:
+    """softmax(q k^T / sqrt(D), masked) v: q [..., H, T, D], k and v [..., H, S, D] -> [..., H, T, D].
+    In training with dropout, `drop` ([..., H, T, S] bool, True = kept) and `p` drop attention probabilities."""
     scores = record(f"{name}.scores", attention_scores(q, k, mask))  # [..., H, T, S]
     pattern = record(f"{name}.pattern", softmax(scores))  # [..., H, T, S], rows sum to 1
+    if drop is not None:
+        pattern = dropout(pattern, drop, p)  # [..., H, T, S]: some probabilities zeroed, the rest scaled up
     return pattern @ v  # [..., H, T, D]: each position's weighted sum of values
 
 
 def attention_in_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
-                        block: int) -> np.ndarray:
+                        block: int, drop: np.ndarray | None = None, p: float = 0.0) -> np.ndarray:
     """The same numbers as `attention`, for `block` queries at a time; each block reads only the keys up
     to its own last position, so the masked upper triangle of scores is mostly never computed (for a
     long prompt nearly half of the attention work, and of its memory)."""
@@ -95,7 +98,8 @@ def attention_in_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.nd
     for i in range(0, T, block):
         j = min(i + block, T)
         end = S - T + j  # queries i..j-1 sit at positions up to end-1; later keys are all masked
-        z[..., i:j, :] = attention(q[..., i:j, :], k[..., :end, :], v[..., :end, :], mask[i:j, :end])
+        drop_ij = None if drop is None else drop[..., i:j, :end]
+        z[..., i:j, :] = attention(q[..., i:j, :], k[..., :end, :], v[..., :end, :], mask[i:j, :end], drop=drop_ij, p=p)
     return z
 
 
@@ -103,7 +107,7 @@ QUERY_BLOCK = 64  # queries per attention block: small enough to skip most of th
 
 
 def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | None, mask: np.ndarray | None,
-        record: Record = keep) -> np.ndarray:
+        record: Record = keep, dropout: Dropout | None = None) -> np.ndarray:
     """Masked multi-head self-attention: x [..., T, C] -> [..., T, C]."""
     name = f"blocks.{layer}.attn"
     qkv = linear(x, **attn["c_attn"])  # [..., T, C] -> [..., T, 3C]: q, k, v in one product
@@ -112,10 +116,13 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
     q, k, v = record(f"{name}.q", q), record(f"{name}.k", k), record(f"{name}.v", v)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # [..., H, S, D]: all positions so far
+    drop, p = None, 0.0
+    if dropout is not None:  # training: one mask over the whole pattern, whichever way it is computed
+        drop, p = dropout.mask(f"{name}.pattern", (*q.shape[:-1], k.shape[-2])), dropout.p  # [..., H, T, S]
     if q.shape[-2] > QUERY_BLOCK and not records_patterns(record):  # a long input whose scores nobody records
-        z = attention_in_blocks(q, k, v, mask, QUERY_BLOCK)  # [..., H, T, D]
+        z = attention_in_blocks(q, k, v, mask, QUERY_BLOCK, drop, p)  # [..., H, T, D]
     else:
-        z = attention(q, k, v, mask, record, name)  # [..., H, T, D]
+        z = attention(q, k, v, mask, record, name, drop, p)  # [..., H, T, D]
     z = record(f"{name}.z", z)  # [..., H, T, D]: each head's output
     return record(f"{name}.out", linear(merge_heads(z), **attn["c_proj"]))  # [..., T, C]
 
@@ -131,29 +138,34 @@ def mlp(x: np.ndarray, p: Params, layer: int, record: Record = keep) -> np.ndarr
 
 
 def block(x: np.ndarray, p: Params, config: GPT2Config, layer: int, cache: KVCache | None,
-          mask: np.ndarray | None, record: Record = keep) -> np.ndarray:
-    """One pre-LN decoder block: x [..., T, C] -> [..., T, C]."""
+          mask: np.ndarray | None, record: Record = keep, dropout: Dropout | None = None) -> np.ndarray:
+    """One pre-LN decoder block: x [..., T, C] -> [..., T, C]. With `dropout` (training), each branch's
+    output is dropped before it joins the residual stream, as GPT-2's resid_pdrop."""
     eps = config.layer_norm_epsilon
     x = record(f"blocks.{layer}.resid_pre", x)
     h = record(f"blocks.{layer}.ln_1", layer_norm(x, **p["ln_1"], eps=eps))
-    x = x + mha(h, p["attn"], config.n_head, layer, cache, mask, record)  # [..., T, C]
+    h = mha(h, p["attn"], config.n_head, layer, cache, mask, record, dropout)  # [..., T, C]
+    x = x + (h if dropout is None else dropout(f"blocks.{layer}.attn.out", h))  # [..., T, C]
     x = record(f"blocks.{layer}.resid_mid", x)
     h = record(f"blocks.{layer}.ln_2", layer_norm(x, **p["ln_2"], eps=eps))
-    x = x + mlp(h, p["mlp"], layer, record)  # [..., T, C]
+    h = mlp(h, p["mlp"], layer, record)  # [..., T, C]
+    x = x + (h if dropout is None else dropout(f"blocks.{layer}.mlp.out", h))  # [..., T, C]
     return record(f"blocks.{layer}.resid_post", x)
 
 
 def transformer(ids: np.ndarray, params: Params, config: GPT2Config, cache: KVCache | None = None,
-                record: Record = keep, last_only: bool = False) -> np.ndarray:
+                record: Record = keep, last_only: bool = False, dropout: Dropout | None = None) -> np.ndarray:
     """ids [..., T] -> the final layer norm's output [..., T, C] (or [..., 1, C] with last_only): everything
-    but the LM head. Appends to `cache` if given."""
+    but the LM head. Appends to `cache` if given; `dropout` (training only) drops where GPT-2 does."""
     T = ids.shape[-1]
     start = cache.length if cache is not None else 0  # position of the first new token
     x = params["wte"][ids] + params["wpe"][start : start + T]  # [..., T, C]
     x = record("embed", x)
+    if dropout is not None:
+        x = dropout("embed", x)  # [..., T, C]: GPT-2's embd_pdrop
     mask = causal_mask(T, start + T) if T > 1 else None  # [T, S]; a single new token may see everything
     for layer, p in enumerate(params["blocks"]):
-        x = block(x, p, config, layer, cache, mask, record)  # [..., T, C]
+        x = block(x, p, config, layer, cache, mask, record, dropout)  # [..., T, C]
     if cache is not None:
         cache.length += T
     if last_only:
@@ -167,6 +179,29 @@ def gpt2(ids: np.ndarray, params: Params, config: GPT2Config, cache: KVCache | N
     x = transformer(ids, params, config, cache, record, last_only)  # [..., T, C]
     # tied LM head: the token embedding, [V, C], is the output projection too
     return record("logits", linear(x, params["wte"]))  # [..., T, C] -> [..., T, V]
+
+
+# --- dropout --------------------------------------------------------------------------------------
+
+
+class Dropout:
+    """Dropout for one training forward: drops with probability `p` where GPT-2 does (the embeddings,
+    the attention probabilities, each residual branch's output), masks drawn from `rng` in the forward's
+    order and kept by name (`keep["blocks.0.attn.pattern"]`, bool, True = kept) for the backward."""
+
+    def __init__(self, p: float, rng: np.random.Generator):
+        assert 0.0 <= p < 1.0, f"dropout probability {p} is outside [0, 1)"
+        self.p, self.rng = p, rng
+        self.keep: dict[str, np.ndarray] = {}
+
+    def mask(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A new mask of `shape` (True with probability 1 - p), kept under `name`."""
+        self.keep[name] = self.rng.random(shape, dtype=np.float32) >= self.p  # [shape] bool
+        return self.keep[name]
+
+    def __call__(self, name: str, x: np.ndarray) -> np.ndarray:
+        """x with a new mask applied (ops.dropout)."""
+        return dropout(x, self.mask(name, x.shape), self.p)  # x's shape
 
 
 # --- KV cache -------------------------------------------------------------------------------------

@@ -131,6 +131,17 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float
     return dx.reshape(x.shape), dg, db
 
 
+def dropout(x: np.ndarray, keep: np.ndarray, p: float) -> np.ndarray:
+    """Inverted dropout: zero the entries where `keep` [x's shape, bool] is False and scale the rest by
+    1 / (1 - p), so that every entry keeps its expected value. In evaluation there is no dropout at all."""
+    return x * keep * (1.0 / (1.0 - p))  # [...]: x's shape and dtype
+
+
+def dropout_backward(dy: np.ndarray, keep: np.ndarray, p: float) -> np.ndarray:
+    """Through y = x * keep / (1 - p): dx = dy * keep / (1 - p), the same mask (dropped entries get none)."""
+    return dy * keep * (1.0 / (1.0 - p))
+
+
 FEW_ROWS = 8  # inputs of 2..FEW_ROWS rows (decoding a few samples at once) take matmul_few_rows
 WEIGHT_BLOCK = 4 << 20  # bytes of w that matmul_few_rows keeps in cache while every row uses them
 

@@ -12,10 +12,12 @@ from minigpt2.backward import (
     loss,
     loss_and_grads,
 )
-from minigpt2.model import attention, attention_in_blocks, causal_mask, flatten, init_params, unflatten
+from minigpt2.model import Dropout, attention, attention_in_blocks, causal_mask, flatten, init_params, unflatten
 from minigpt2.ops import (
     cross_entropy,
     cross_entropy_backward,
+    dropout,
+    dropout_backward,
     gelu,
     gelu_backward,
     layer_norm,
@@ -268,3 +270,48 @@ def test_bad_targets_are_named(small, targets, message):
         small.loss_and_grads([1, 2, 3], targets)
     with pytest.raises(ValueError, match=message):
         small.loss([1, 2, 3], targets)
+
+
+# --- dropout --------------------------------------------------------------------------------------
+
+
+def test_dropout_keeps_the_mean_and_drops_the_stated_share(rng):
+    x = np.ones((400, 500), dtype=np.float32)
+    keep = Dropout(0.25, np.random.default_rng(1)).mask("x", x.shape)
+    y = dropout(x, keep, 0.25)
+    assert y.dtype == np.float32
+    assert abs((y == 0).mean() - 0.25) < 0.005, "a quarter of the entries dropped"
+    assert abs(y.mean() - 1.0) < 0.01, "inverted scaling: the expected value is unchanged"
+    np.testing.assert_array_equal(np.unique(y), np.array([0, 1 / 0.75], dtype=np.float32))
+    dy = rng.standard_normal(x.shape)
+    np.testing.assert_allclose(dropout_backward(dy, keep, 0.25), np.where(keep, dy / 0.75, 0), rtol=1e-15)
+
+
+@pytest.mark.parametrize("shape, n_ctx", [((2, 7), 16), ((1, 70), 80)])  # 70 > QUERY_BLOCK: blocked attention
+def test_whole_model_with_dropout_against_finite_differences(rng, shape, n_ctx):
+    """With the masks fixed (the same seed for every forward), the gradient is exact for the masks drawn."""
+    config = GPT2Config(n_vocab=23, n_ctx=n_ctx, n_embd=8, n_head=2, n_layer=2)
+    params = unflatten({k: v.astype(np.float64) for k, v in flatten(init_params(config, 0, 0.3)).items()})
+    ids, targets = rng.integers(0, 23, shape), rng.integers(0, 23, shape)
+    targets[0, :3] = -1
+
+    def dropped(seed=7):
+        return Dropout(0.3, np.random.default_rng(seed))
+
+    value, grads = loss_and_grads(ids, targets, params, config, dropped())
+    assert value != loss(ids, targets, params, config), "dropout changed the loss"
+    flat, flat_grads = flatten(params), flatten(grads)
+    for name, x in flat.items():
+        entries = [tuple(rng.integers(0, n) for n in x.shape) for _ in range(3)]
+        f = lambda: loss_and_grads(ids, targets, params, config, dropped())[0]  # noqa: E731
+        numeric = numerical_grad(f, x, entries=entries)
+        for e in entries:
+            np.testing.assert_allclose(flat_grads[name][e], numeric[e], rtol=1e-5, atol=1e-9, err_msg=f"{name}{e}")
+
+
+def test_the_dropout_masks_are_drawn_where_gpt2_drops(small):
+    d = Dropout(0.1, np.random.default_rng(0))
+    loss_and_grads(np.array([[1, 2, 3]]), np.array([[2, 3, 4]]), small.params, small.config, d)
+    names = {"embed"} | {f"blocks.{i}.{n}" for i in range(2) for n in ("attn.pattern", "attn.out", "mlp.out")}
+    assert set(d.keep) == names
+    assert d.keep["blocks.0.attn.pattern"].shape == (1, 2, 3, 3)  # [B, H, T, S]
