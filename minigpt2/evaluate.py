@@ -17,6 +17,20 @@ one window. Defaults: context = the model's n_ctx, stride = context // 2.
     NLL per token = total NLL / N,   perplexity = exp(NLL per token),   bits per byte = total NLL / ln 2 / bytes
 
 where bytes counts the text's UTF-8 bytes. Windows run batched; only the scored positions' logits are made.
+
+A task file (`.jsonl`, see tasks.py) is scored per example instead (`score_task_file`):
+
+    prompt + completion rows   nll = the mean NLL per scored token (tasks.py's rule: the completion and the
+                               final <|endoftext|>), perplexity = exp(nll), exact_match = the share of
+                               examples whose greedy continuation of at most len(completion ids) + 1 tokens,
+                               cut at <|endoftext|>, decodes to exactly the completion
+    prompt + choices + answer  accuracy = the share whose answer has the largest sum log P(choice | prompt);
+                               accuracy_norm = the same with that sum divided by the choice's UTF-8 bytes
+                               (lm-evaluation-harness's acc and acc_norm)
+
+`log_likelihood(model, tokenizer, prompt, continuation)` is sum log P(continuation | prompt) alone, with no
+end-of-text (lm-evaluation-harness's loglikelihood); an empty prompt is <|endoftext|>. A prompt longer than
+the model's context keeps its last tokens (the continuation must fit).
 """
 
 from __future__ import annotations
@@ -35,7 +49,17 @@ from .checkpoint import CheckpointError
 from .download import DownloadError
 from .generate import EOT_ID, Parser
 from .load import load_model
-from .model import transformer
+from .model import KVCache, gpt2, transformer
+from .ops import linear
+from .tasks import (
+    TaskFileError,
+    TaskRow,
+    completion_nll,
+    encode_examples,
+    eot_id_of,
+    is_task_file,
+    read_task_file,
+)
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 
@@ -130,23 +154,166 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
     return mean * int(scored.sum())
 
 
+# --- task files: log-likelihoods of continuations, choices, exact match ------------------------------
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log P over the last axis, stable: x - max - log(sum(exp(x - max))). [..., V] -> [..., V]."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # [..., V]
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def continuation_logprobs(model, requests: list[tuple[list[int], list[list[int]]]], batch_size: int = 8,
+                          progress: bool = False, desc: str = "scoring") -> list[list[float]]:
+    """sum log P(continuation | context) for each context and each of its continuations, batched.
+
+    A request is (context ids, [continuation ids, ...]). A context whose continuations are all one token long
+    runs once and all of them are read off its last position (the prompt's work shared between its choices);
+    otherwise each continuation runs as context + continuation. Rows run `batch_size` at a time in order of
+    length, right-padded (causal attention: the padding never reaches the real positions); only the scored
+    positions' logits are made. A row longer than the context window keeps its last n_ctx + 1 tokens.
+    """
+    n_ctx = model.config.n_ctx
+    rows = []  # (input tokens, [(position, [(token to read there, (request, continuation))])])
+    for r, (context, continuations) in enumerate(requests):
+        if all(len(c) == 1 for c in continuations):
+            tokens = context[-n_ctx:]
+            rows.append((tokens, [(len(tokens) - 1, [(c[0], (r, j)) for j, c in enumerate(continuations)])]))
+            continue
+        for j, c in enumerate(continuations):
+            if len(c) > n_ctx:
+                raise ValueError(f"a continuation of {len(c)} tokens does not fit in the model's context ({n_ctx})")
+            tokens = (context + c)[-(n_ctx + 1):]
+            first = len(tokens) - len(c)  # position of the continuation's first token
+            rows.append((tokens[:-1], [(first - 1 + i, [(t, (r, j))]) for i, t in enumerate(c)]))
+    out = [[0.0] * len(cs) for _, cs in requests]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        T = max(len(rows[i][0]) for i in batch)
+        ids = np.zeros((len(batch), T), dtype=np.int64)  # [B, T], right-padded
+        for b, i in enumerate(batch):
+            ids[b, : len(rows[i][0])] = rows[i][0]
+        h = transformer(ids, model.params, model.config)  # [B, T, C]
+        reads = [(b, pos, wanted) for b, i in enumerate(batch) for pos, wanted in rows[i][1]]
+        at = h[[b for b, _, _ in reads], [pos for _, pos, _ in reads]]  # [N, C]: only the positions read
+        logp = log_softmax(linear(at, model.params["wte"]))  # [N, V]
+        for n, (_, _, wanted) in enumerate(reads):
+            for token, (r, j) in wanted:
+                out[r][j] += float(logp[n, token])
+    return out
+
+
+def context_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids, or [<|endoftext|>] for an empty prompt (something to condition on)."""
+    return tokenizer.encode_ordinary(prompt) or [eot_id_of(tokenizer)]
+
+
+def log_likelihood(model, tokenizer: Tokenizer, prompt: str, continuation: str) -> float:
+    """sum log P(encode(continuation) | encode(prompt)) in nats, with no end-of-text.
+
+    >>> import numpy as np; from minigpt2 import GPT2, GPT2Config, Tokenizer
+    >>> tok = Tokenizer.train("ab ba", 258, progress=False)
+    >>> model = GPT2.init(GPT2Config(n_vocab=258, n_ctx=8, n_embd=8, n_head=2, n_layer=1))
+    >>> round(log_likelihood(model, tok, "a", "b") / -np.log(258), 2)  # a new model: about uniform
+    1.0
+    """
+    continuation_ids = tokenizer.encode_ordinary(continuation)
+    if not continuation_ids:
+        raise ValueError("the continuation is empty: there is nothing to score")
+    return continuation_logprobs(model, [(context_ids(tokenizer, prompt), [continuation_ids])])[0][0]
+
+
+def greedy_continuations(model, prompts: list[list[int]], max_new: list[int], eot_id: int, batch_size: int = 8,
+                         progress: bool = False) -> list[list[int]]:
+    """Each prompt's greedy continuation (argmax at every step), at most max_new[i] ids, cut at eot_id.
+
+    Prompts run `batch_size` at a time, in order of length, through one KV cache: the batch is prefilled to its
+    shortest prompt, then every row advances one position per step, reading its own prompt token where it has
+    one left (teacher forcing) and its greedy choice after that. A row stops at the context's end.
+    """
+    n_ctx = model.config.n_ctx
+    out: list[list[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
+        rows = [prompts[i][-n_ctx:] for i in batch]
+        first = min(len(r) for r in rows)
+        cache = KVCache(model.config, batch_size=len(batch))
+        prefix = np.array([r[:first] for r in rows], dtype=np.int64)  # [B, first]
+        logits = gpt2(prefix, model.params, model.config, cache, last_only=True)[:, -1]  # [B, V]
+        done = [False] * len(batch)
+        for pos in range(first, n_ctx + 1):  # the token at position `pos` is chosen (or forced) now
+            nxt = logits.argmax(axis=-1)  # [B]
+            feed = np.empty(len(batch), dtype=np.int64)  # [B]
+            for b, i in enumerate(batch):
+                if pos < len(rows[b]):
+                    feed[b] = rows[b][pos]  # still inside this row's prompt
+                    continue
+                feed[b] = nxt[b]
+                if not done[b]:
+                    if nxt[b] == eot_id:
+                        done[b] = True
+                    else:
+                        out[i].append(int(nxt[b]))
+                        done[b] = len(out[i]) >= max_new[i]
+            if all(done) or pos == n_ctx:
+                break
+            logits = gpt2(feed[:, None], model.params, model.config, cache)[:, -1]  # [B, 1] -> [B, V]
+    return out
+
+
+def score_task_file(model, tokenizer: Tokenizer, path_or_rows, batch_size: int = 8, progress: bool = False,
+                    ) -> dict:
+    """Score a task file (a path, or its rows from tasks.read_task_file) by the module's rules.
+
+    prompt + completion rows -> {"examples", "tokens", "nll", "perplexity", "exact_match"};
+    prompt + choices + answer rows -> {"examples", "accuracy", "accuracy_norm"}.
+    """
+    rows: list[TaskRow] = read_task_file(path_or_rows) if not isinstance(path_or_rows, list) else path_or_rows
+    if rows[0].completion is not None:
+        examples = encode_examples(rows, tokenizer, progress)
+        too_long = [e for e in examples if len(e.tokens) > model.config.n_ctx + 1]
+        if too_long:
+            e = too_long[0]
+            raise TaskFileError(f"line {e.line}: the example is {len(e.tokens)} tokens, more than the model's context "
+                                f"+ 1 ({model.config.n_ctx + 1})")
+        total, count = completion_nll(examples, model.params, model.config, batch_size, progress, desc="scoring")
+        eot = eot_id_of(tokenizer)
+        made = greedy_continuations(model, [e.tokens[: e.n_prompt].tolist() for e in examples],
+                                    [e.n_scored for e in examples], eot, batch_size, progress)
+        exact = sum(tokenizer.decode(ids) == r.completion for ids, r in zip(made, rows))
+        return {"examples": len(rows), "tokens": count, "nll": total / count, "perplexity": math.exp(total / count),
+                "exact_match": exact / len(rows)}
+    requests = [(context_ids(tokenizer, r.prompt), [tokenizer.encode_ordinary(c) for c in r.choices]) for r in rows]
+    sums = continuation_logprobs(model, requests, batch_size, progress)
+    right = right_norm = 0
+    for r, lp in zip(rows, sums):
+        right += int(np.argmax(lp)) == r.answer
+        right_norm += int(np.argmax([x / len(c.encode("utf-8")) for x, c in zip(lp, r.choices)])) == r.answer
+    return {"examples": len(rows), "accuracy": right / len(rows), "accuracy_norm": right_norm / len(rows)}
+
+
 # --- the command line -------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m minigpt2.evaluate FILE ... --model M`: each file's tokens, NLL per token, perplexity, bits/byte."""
-    p = Parser(prog="minigpt2-evaluate", description="Perplexity and bits per byte of text files under GPT-2.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files")
+    """`python -m minigpt2.evaluate FILE ... --model M`: each text file's tokens, NLL per token, perplexity,
+    bits/byte; each .jsonl task file's scores (score_task_file)."""
+    p = Parser(prog="minigpt2-evaluate", description="Perplexity and bits per byte of text files, or the scores "
+               "of .jsonl task files (NLL, exact match; accuracy for multiple choice), under GPT-2.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files, or .jsonl task files")
     p.add_argument("--model", default="124M", help="124M, ..., or a model directory (default 124M)")
     p.add_argument("--context", type=int, default=None, help="tokens the model reads per window (default n_ctx)")
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default context // 2)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="one JSON object per file: file, tokens, nll (per token), "
-                   "total_nll, perplexity, bits_per_byte, bytes")
+                   "total_nll, perplexity, bits_per_byte, bytes; for a task file: file, examples, tokens, nll, "
+                   "perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
     args = p.parse_args(argv)
     err = sys.stderr
     try:
-        texts = [read_text(f) for f in args.files]
+        texts = [read_task_file(f) if is_task_file(f) else read_text(f) for f in args.files]  # all good first
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         config, params = load_model(args.model)
@@ -162,6 +329,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minigpt2-evaluate: error: {e}", file=err)
         return 2
     for path, text in zip(args.files, texts):
+        if isinstance(text, list):  # a task file's rows
+            try:
+                scores = score_task_file(model, tok, text, args.batch_size, progress=True)
+            except (TaskFileError, ValueError) as e:
+                print(f"minigpt2-evaluate: error: {path} {e}", file=err)
+                return 2
+            if args.json:
+                print(json.dumps({"file": path, **scores}), flush=True)
+            elif "accuracy" in scores:
+                print(f"{path}: {scores['examples']} examples, accuracy {scores['accuracy']:.4f}, accuracy_norm "
+                      f"{scores['accuracy_norm']:.4f}", flush=True)
+            else:
+                print(f"{path}: {scores['examples']} examples, {scores['tokens']} scored tokens, NLL "
+                      f"{scores['nll']:.4f} nats/token, perplexity {scores['perplexity']:.3f}, exact match "
+                      f"{scores['exact_match']:.4f}", flush=True)
+            continue
         score = evaluate(model, text=text, tokenizer=tok, context=context, stride=stride, batch_size=args.batch_size,
                          progress=True)
         if args.json:

@@ -48,9 +48,19 @@ from .download import DownloadError, cache_dir
 from .generate import Parser
 from .gpt2 import GPT2
 from .load import CONVERTED_FILE, load_converted, load_model, models_in, save_converted, write_atomically
-from .model import Params, flatten, init_params, unflatten
+from .model import Dropout, Params, flatten, init_params, unflatten
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .safetensors import read_safetensors, write_safetensors
+from .tasks import (
+    Example,
+    TaskFileError,
+    completion_nll,
+    encode_examples,
+    examples_at,
+    is_task_file,
+    pad_batch,
+    read_task_file,
+)
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 
@@ -70,9 +80,10 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     """One run's settings; the command line's flags, by the same names."""
 
-    data: str  # a UTF-8 text file, or a directory of .txt files (documents joined by <|endoftext|>)
+    data: str  # a UTF-8 text file, a directory of .txt files (documents joined by <|endoftext|>), or a .jsonl
+    # task file of prompt/completion pairs (tasks.py: the loss on the completion only)
     out: str  # the run's directory
-    val_data: str | None = None  # validation text; default: the last 10% of the training tokens
+    val_data: str | None = None  # validation data of --data's kind; default: the last 10% of the tokens (or examples)
     init: str = "124M"  # what to fine-tune (anything GPT2.from_pretrained reads), or "scratch"
     n_layer: int = 12  # --init scratch: the new model's shape (its context is block_size)
     n_head: int = 12
@@ -87,6 +98,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # default steps // 20
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    dropout: float = 0.0  # probability of dropping, where GPT-2 drops, in training only
     eval_every: int = 50  # steps between validation losses (and at the end)
     eval_batches: int = 8  # validation micro-batches, the same windows every time
     save_every: int = 100  # steps between checkpoints (and at the end)
@@ -119,6 +131,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise TrainingError(f"--{flag(name)} must be a number >= 0, got {v!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise TrainingError(f"--dropout must be a probability in [0, 1), got {self.dropout!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise TrainingError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.init == "scratch" and self.n_embd % self.n_head:
@@ -241,11 +255,12 @@ def starting_model(cfg: TrainConfig, progress: bool) -> tuple[GPT2Config, Params
 
 
 def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, tok: Tokenizer, opt: AdamW,
-                    rng: np.random.Generator, cfg: TrainConfig) -> None:
-    """Optimizer state under a new name, then the model (the commit point, naming the step), then the old state."""
+                    generators: dict[str, np.random.Generator], cfg: TrainConfig) -> None:
+    """Optimizer state under a new name, then the model (the commit point, naming the step), then the old state.
+    `generators` ({"rng": the text windows', "dropout_rng": the masks'}) are saved in their exact state."""
     arrays, scalars = opt.state_dict()
-    meta = {"step": str(step), "adam": json.dumps(scalars), "rng": json.dumps(rng.bit_generator.state),
-            "settings": json.dumps(dataclasses.asdict(cfg))}
+    meta = {"step": str(step), "adam": json.dumps(scalars), "settings": json.dumps(dataclasses.asdict(cfg))}
+    meta.update({k: json.dumps(g.bit_generator.state) for k, g in generators.items()})
     state = out / f"optimizer-{step}.safetensors"
     write_atomically(state, lambda f: write_safetensors(f, arrays, meta))
     save_converted(config, params, out, tok.files(), progress=False, metadata={"train_step": str(step)})
@@ -301,6 +316,22 @@ class StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
+@dataclass
+class TextData:
+    """Tokens of a text run: random windows are drawn from `train`; `val` is scored on fixed windows."""
+
+    train: np.ndarray  # [N] ids
+    val: np.ndarray  # [M] ids
+
+
+@dataclass
+class TaskData:
+    """Examples of a task run: every training example once per epoch; all of `val` at each validation."""
+
+    train: list[Example]
+    val: list[Example]
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2:
     """Run (or, with `resume`, continue) the training `cfg` describes; return the trained model.
 
@@ -323,8 +354,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
         tok = Tokenizer.from_dir(out)
         opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
         opt.load_state_dict(arrays, json.loads(meta["adam"]))
-        rng = np.random.default_rng()
+        rng, drop_rng = np.random.default_rng(), np.random.default_rng()
         rng.bit_generator.state = json.loads(meta["rng"])
+        if "dropout_rng" in meta:
+            drop_rng.bit_generator.state = json.loads(meta["dropout_rng"])
         truncate_log(out, done)
         start = done
     else:
@@ -337,38 +370,31 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
                                 "another directory (nothing is overwritten)")
         config, params, tok = starting_model(cfg, progress)
         opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)  # the text windows
+        drop_rng = np.random.default_rng([cfg.seed, 3])  # the dropout masks
         start = 0
-    train_tokens, val_tokens = split_data(cfg, tok, progress)
-    val_rng = np.random.default_rng([cfg.seed, 1])  # the same validation windows at every evaluation
-    val_batches = [random_windows(val_tokens, cfg.block_size, cfg.batch_size, val_rng) for _ in range(cfg.eval_batches)]
+    data = load_data(cfg, tok, progress)  # the data is known good before anything is written
+    validate = validator(data, cfg, params, config, progress)
     out.mkdir(parents=True, exist_ok=True)
+    generators = {"rng": rng, "dropout_rng": drop_rng}
     if not resume:
-        save_checkpoint(out, 0, config, params, tok, opt, rng, cfg)  # the run exists from the first instant
-        append_log(out, {"step": 0, "val_loss": validation_loss(val_batches, params, config)})
+        save_checkpoint(out, 0, config, params, tok, opt, generators, cfg)  # the run exists from the first instant
+        append_log(out, {"step": 0, "val_loss": validate()})
     last_saved = start
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
     completed = start
     with StopRequest() as stop, bar:
         for step in range(start, cfg.steps):
-            rng_before = rng.bit_generator.state  # a step abandoned half-way leaves the RNG as it found it
+            states_before = {k: g.bit_generator.state for k, g in generators.items()}  # restored if abandoned
             t0 = time.perf_counter()
             lr = learning_rate(step, cfg.peak_lr, cfg.warmup, cfg.steps, cfg.min_lr)
-            step_loss, grads = 0.0, None
-            for _ in range(cfg.grad_accum):
-                x, y = random_windows(train_tokens, cfg.block_size, cfg.batch_size, rng)  # [B, T] each
-                micro_loss, micro_grads = loss_and_grads(x, y, params, config)
-                step_loss += micro_loss / cfg.grad_accum
-                grads = micro_grads if grads is None else add_into(grads, micro_grads)
-                if stop.requested:
-                    break
+            batches = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * grad_accum
+            step_loss, grads = step_gradient(batches, isinstance(data, TaskData), params, config, cfg.dropout,
+                                             drop_rng, stop)
             if stop.requested:
-                rng.bit_generator.state = rng_before
+                for k, g in generators.items():
+                    g.bit_generator.state = states_before[k]
                 break
-            if cfg.grad_accum > 1:
-                for g in flatten(grads).values():
-                    g *= 1.0 / cfg.grad_accum  # the mean of the micro-batches' gradients
             grad_norm = clip_grad_norm(grads, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 raise TrainingDiverged(f"the loss became {step_loss} (gradient norm {grad_norm}) at step {step + 1}; "
@@ -376,35 +402,135 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
             opt.step(grads, lr)
             completed = n = step + 1
             seconds = time.perf_counter() - t0
-            append_log(out, {"step": n, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                             "tokens_per_s": tokens_per_step / seconds})
+            tokens = sum(int(x.size) for x, _ in batches) if isinstance(data, TextData) else \
+                sum(len(e.tokens) - 1 for e in step_examples(data, cfg, step))  # padding not counted
+            record = {"step": n, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
+            if isinstance(data, TaskData):
+                record["epoch"] = n * cfg.batch_size * cfg.grad_accum / len(data.train)
+            append_log(out, record)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:.0f}")
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
             if n % cfg.eval_every == 0 or n == cfg.steps:
-                val_loss = validation_loss(val_batches, params, config)
+                val_loss = validate()
                 append_log(out, {"step": n, "val_loss": val_loss})
                 bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}")
             if n % cfg.save_every == 0 or n == cfg.steps:
-                save_checkpoint(out, n, config, params, tok, opt, rng, cfg)
+                save_checkpoint(out, n, config, params, tok, opt, generators, cfg)
                 last_saved = n
             if stop.requested:
                 break
         if stop.requested:
             if last_saved != completed:
-                save_checkpoint(out, completed, config, params, tok, opt, rng, cfg)
+                save_checkpoint(out, completed, config, params, tok, opt, generators, cfg)
             raise KeyboardInterrupt
     return GPT2(config, params)
 
 
-def validation_loss(batches: list[tuple[np.ndarray, np.ndarray]], params: Params, config: GPT2Config) -> float:
+def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
+                  config: GPT2Config, dropout: float = 0.0, drop_rng: np.random.Generator | None = None,
+                  stop: StopRequest | None = None) -> tuple[float, Params | None]:
+    """(loss, gradient) of one step over its micro-batches: the mean over every scored token of all of them
+    (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
+    means (text: every window scores all of its tokens, so the two are the same). A stop request ends it
+    early; the caller then discards the step."""
+    weights = [int((y >= 0).sum()) for _, y in batches] if by_tokens else [1] * len(batches)
+    total = sum(weights)
+    step_loss, grads = 0.0, None
+    for (x, y), w in zip(batches, weights):
+        drop = Dropout(dropout, drop_rng) if dropout > 0 else None
+        micro_loss, micro_grads = loss_and_grads(x, y, params, config, drop)
+        step_loss += micro_loss * w / total
+        if w != 1:
+            for g in flatten(micro_grads).values():
+                g *= w  # the micro-batch's sum over its scored tokens
+        grads = micro_grads if grads is None else add_into(grads, micro_grads)
+        if stop is not None and stop.requested:
+            return step_loss, None
+    if total > 1:
+        for g in flatten(grads).values():
+            g *= 1.0 / total  # the mean over the step's scored tokens (or micro-batches)
+    return step_loss, grads
+
+
+def step_examples(data: TaskData, cfg: TrainConfig, step: int) -> list[Example]:
+    """The training examples of step `step` (0-based): the next batch_size x grad_accum of the epoch stream."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    return [data.train[i] for i in examples_at(step * per_step, per_step, len(data.train), cfg.seed)]
+
+
+def step_batches(data: TextData | TaskData, cfg: TrainConfig, step: int, rng: np.random.Generator,
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The step's grad_accum micro-batches (inputs [B, T], targets [B, T]): random windows of the text, or the
+    next examples of the epoch (task files: right-padded, the prompt and padding with target -1)."""
+    if isinstance(data, TextData):
+        return [random_windows(data.train, cfg.block_size, cfg.batch_size, rng) for _ in range(cfg.grad_accum)]
+    examples = step_examples(data, cfg, step)
+    return [pad_batch(examples[i : i + cfg.batch_size]) for i in range(0, len(examples), cfg.batch_size)]
+
+
+def validator(data: TextData | TaskData, cfg: TrainConfig, params: Params, config: GPT2Config, progress: bool):
+    """A function of no arguments returning the validation loss of the model as it is now.
+
+    Text: the mean loss over eval_batches fixed random windows of the validation tokens. Task file: the mean
+    NLL over every scored token of every validation example (comparable between runs of one file)."""
+    if isinstance(data, TaskData):
+        def task_val_loss() -> float:
+            total, count = completion_nll(data.val, params, config, cfg.batch_size, progress)
+            return total / count
+        return task_val_loss
+    val_rng = np.random.default_rng([cfg.seed, 1])  # the same validation windows at every evaluation
+    val_batches = [random_windows(data.val, cfg.block_size, cfg.batch_size, val_rng) for _ in range(cfg.eval_batches)]
+    return lambda: validation_loss(val_batches, params, config, progress)
+
+
+def validation_loss(batches: list[tuple[np.ndarray, np.ndarray]], params: Params, config: GPT2Config,
+                    progress: bool = False) -> float:
     """The mean loss over the validation batches (inputs, targets), forward only."""
-    return float(np.mean([loss(x, y, params, config) for x, y in batches]))
+    return float(np.mean([loss(x, y, params, config) for x, y in tqdm(
+        batches, desc="validating", unit="batch", disable=not progress, leave=False)]))
 
 
 def add_into(total: Params, more: Params) -> Params:
     for a, b in zip(flatten(total).values(), flatten(more).values()):
         a += b
     return total
+
+
+def load_data(cfg: TrainConfig, tok: Tokenizer, progress: bool) -> TextData | TaskData:
+    """--data (and --val-data) as a text run's tokens or a task run's examples."""
+    task = is_task_file(cfg.data)
+    if cfg.val_data is not None and is_task_file(cfg.val_data) != task:
+        kind = "a .jsonl task file" if task else "text"
+        raise TrainingError(f"--val-data {cfg.val_data} must be of --data's kind ({kind})")
+    return task_data(cfg, tok, progress) if task else TextData(*split_data(cfg, tok, progress))
+
+
+def task_data(cfg: TrainConfig, tok: Tokenizer, progress: bool) -> TaskData:
+    """(training examples, validation examples): --val-data, else the file's last 10% of examples."""
+    def examples(path: str, what: str) -> list[Example]:
+        try:
+            rows = read_task_file(path, what)
+            if rows[0].completion is None:
+                raise TrainingError(f"{what} {path}: multiple-choice rows (choices, answer) are for "
+                                    "minigpt2.evaluate; training needs \"prompt\" and \"completion\"")
+            out = encode_examples(rows, tok, progress)
+        except TaskFileError as e:
+            raise TrainingError(str(e)) from None
+        for e in out:
+            if len(e.tokens) > cfg.block_size + 1:
+                raise TrainingError(f"{what} {path} line {e.line}: the example is {len(e.tokens)} tokens (prompt + "
+                                    f"completion + <|endoftext|>), more than --block-size + 1 = {cfg.block_size + 1}"
+                                    " (raise --block-size or shorten it)")
+        return out
+
+    train_examples = examples(cfg.data, "--data")
+    if cfg.val_data is not None:
+        return TaskData(train_examples, examples(cfg.val_data, "--val-data"))
+    if len(train_examples) < 2:
+        raise TrainingError(f"--data {cfg.data} has {len(train_examples)} example: too few to hold out a "
+                            "validation example (give --val-data)")
+    n_val = max(1, len(train_examples) // 10)
+    return TaskData(train_examples[:-n_val], train_examples[-n_val:])
 
 
 def split_data(cfg: TrainConfig, tok: Tokenizer, progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -431,9 +557,10 @@ def split_data(cfg: TrainConfig, tok: Tokenizer, progress: bool) -> tuple[np.nda
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(data="", out="")
     p = Parser(prog="minigpt2-train", description="Pre-train or fine-tune GPT-2 on text (NumPy).")
-    p.add_argument("--data", help="a UTF-8 text file, or a directory of .txt files (required unless --resume)")
+    p.add_argument("--data", help="a UTF-8 text file, a directory of .txt files, or a .jsonl task file of "
+                   "prompt/completion pairs (required unless --resume)")
     p.add_argument("--out", required=True, help="the run's directory: model, optimizer state, log.jsonl")
-    p.add_argument("--val-data", help="validation text (default: the last 10%% of --data)")
+    p.add_argument("--val-data", help="validation data of --data's kind (default: the last 10%% of --data)")
     p.add_argument("--init", default=d.init, help="model to fine-tune: 124M, 355M, ..., or a directory (OpenAI, "
                    "Hugging Face, minigpt2); or 'scratch' for a new model (default 124M)")
     p.add_argument("--n-layer", type=int, default=d.n_layer, help="--init scratch: blocks (default 12)")
@@ -441,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-embd", type=int, default=d.n_embd, help="--init scratch: width (default 768)")
     p.add_argument("--tokenizer", help="vocabulary directory (Tokenizer.save); default the --init model's, or GPT-2's")
     p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per window (default 256)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per micro-batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows (or task examples) per "
+                   "micro-batch (default 8)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (default 1)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default 200)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4 from scratch, "
@@ -450,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default steps / 20)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's, on 2-D tensors (default 0.1)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm; 0 = off (default 1)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout probability in training, where GPT-2 "
+                   "drops: embeddings, attention, residual branches (default 0)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations (default 50)")
     p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="validation batches (default 8)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (default 100)")

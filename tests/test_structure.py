@@ -20,9 +20,10 @@ ALLOWED = {
     "generate": {"model", "sample", "tokenizer", "vocab", "checkpoint", "download", "load"},
     "gpt2": {"backward", "config", "generate", "load", "model"},
     "optim": {"model"},
-    "evaluate": {"backward", "checkpoint", "download", "generate", "load", "model", "tokenizer", "vocab"},
+    "tasks": {"backward", "config", "model", "tokenizer", "vocab"},
+    "evaluate": {"tasks", "backward", "checkpoint", "download", "generate", "load", "model", "tokenizer", "vocab"},
     "export": {"checkpoint", "download", "generate", "gpt2", "tokenizer"},
-    "train": {"backward", "checkpoint", "config", "download", "generate", "gpt2", "load", "model", "optim",
+    "train": {"tasks", "backward", "checkpoint", "config", "download", "generate", "gpt2", "load", "model", "optim",
               "safetensors", "tokenizer", "vocab"},
     "__init__": {"config", "gpt2", "model", "tokenizer"},
 }
