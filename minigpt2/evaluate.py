@@ -212,10 +212,10 @@ def context_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 def log_likelihood(model, tokenizer: Tokenizer, prompt: str, continuation: str) -> float:
     """sum log P(encode(continuation) | encode(prompt)) in nats, with no end-of-text.
 
-    >>> import numpy as np; from minigpt2 import GPT2, GPT2Config, Tokenizer
+    >>> from minigpt2 import GPT2, GPT2Config, Tokenizer
     >>> tok = Tokenizer.train("ab ba", 258, progress=False)
     >>> model = GPT2.init(GPT2Config(n_vocab=258, n_ctx=8, n_embd=8, n_head=2, n_layer=1))
-    >>> round(log_likelihood(model, tok, "a", "b") / -np.log(258), 2)  # a new model: about uniform
+    >>> round(log_likelihood(model, tok, "a", "b") / -math.log(258), 2)  # a new model: about uniform
     1.0
     """
     continuation_ids = tokenizer.encode_ordinary(continuation)

@@ -21,7 +21,7 @@ ALLOWED = {
     "gpt2": {"backward", "config", "generate", "load", "model"},
     "optim": {"model"},
     "tasks": {"backward", "config", "model", "tokenizer", "vocab"},
-    "evaluate": {"tasks", "backward", "checkpoint", "download", "generate", "load", "model", "tokenizer", "vocab"},
+    "evaluate": {"tasks", "ops", "backward", "checkpoint", "download", "generate", "load", "model", "tokenizer", "vocab"},
     "export": {"checkpoint", "download", "generate", "gpt2", "tokenizer"},
     "train": {"tasks", "backward", "checkpoint", "config", "download", "generate", "gpt2", "load", "model", "optim",
               "safetensors", "tokenizer", "vocab"},
