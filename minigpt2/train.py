@@ -9,6 +9,11 @@ the mean cross-entropy (backward.py). Each step draws `batch_size` random window
 micro-batches, clips their global norm, and takes an AdamW step with the scheduled learning rate
 (optim.py: linear warmup, then cosine decay).
 
+A .jsonl task file instead (tasks.py) trains on prompt/completion pairs, maximising sum log P(completion |
+prompt): each epoch visits every example once in a seeded order, `batch_size` examples right-padded per
+micro-batch, the loss the mean over every scored token of the step (the completion and <|endoftext|>).
+`dropout` > 0 drops where GPT-2 does, with masks from a generator of its own (saved with the checkpoint).
+
 The output directory holds, at every instant, a complete model (`GPT2.from_pretrained(DIR)`,
 `Tokenizer.from_pretrained(DIR)`, `python -m minigpt2.generate --model DIR`) and the state to continue it:
 

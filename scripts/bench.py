@@ -42,6 +42,8 @@ def parse_args():
     p.add_argument("--only-train", action="store_true", help="only the training-step rows (and evaluation)")
     p.add_argument("--skip-774m", action="store_true", help="skip the 774M fine-tuning memory check (13 GB)")
     p.add_argument("--only-decode", action="store_true", help="only the decode rows (1 and 4 samples)")
+    p.add_argument("--only-tasks", action="store_true", help="only the task rows: scoring a 1,000-example choice "
+                   "file, and a task-file training step against a text step of the same tokens")
     p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p.parse_args()
@@ -340,6 +342,59 @@ def measure_evaluation(model: GPT2, hf, rows: list, results: dict) -> None:
     rows.append(("evaluate tokens/s (context 1024, stride 512)", ours, ref, ""))
 
 
+def choice_rows(n: int, rng: np.random.Generator, V: int) -> list[tuple[list[int], list[list[int]]]]:
+    """n multiple-choice requests in ids: a 20-60 token prompt; half with two one-token labels (classification),
+    half with four choices of 2-6 tokens."""
+    out = []
+    for i in range(n):
+        prompt = rng.integers(0, V, rng.integers(20, 61)).tolist()
+        if i % 2:
+            out.append((prompt, [[int(t)] for t in rng.integers(0, V, 2)]))
+        else:
+            out.append((prompt, [rng.integers(0, V, rng.integers(2, 7)).tolist() for _ in range(4)]))
+    return out
+
+
+def measure_tasks(model: GPT2, hf, rows: list, results: dict) -> None:
+    """Scoring a 1,000-example choice file (examples/s), against transformers scoring every prompt + choice
+    row in batches of 8 (lm-evaluation-harness's way); and a task-file training step (examples of 129 tokens,
+    the prompt unscored) against a text step of the same 4 x 128 tokens."""
+    from minigpt2.backward import loss_and_grads
+    from minigpt2.evaluate import continuation_logprobs
+    from minigpt2.tasks import Example, pad_batch
+
+    requests = choice_rows(1000, np.random.default_rng(3), model.config.n_vocab)
+
+    def hf_score():
+        flat = sorted(((ctx + c, len(c)) for ctx, cs in requests for c in cs), key=lambda r: len(r[0]))
+        with torch.no_grad():
+            for i in range(0, len(flat), 8):
+                batch = flat[i : i + 8]
+                T = max(len(r) for r, _ in batch)
+                ids = torch.zeros((len(batch), T), dtype=torch.long)
+                for b, (r, _) in enumerate(batch):
+                    ids[b, : len(r)] = torch.tensor(r)
+                logp = torch.log_softmax(hf(ids).logits, -1)
+                for b, (r, n) in enumerate(batch):
+                    logp[b, len(r) - n - 1 : len(r) - 1].gather(-1, torch.tensor(r[-n:])[:, None]).sum()
+
+    t = alternate({"minigpt2": lambda: continuation_logprobs(model, requests, batch_size=8),
+                   "transformers": hf_score}, max(1, ARGS.reps - 1))
+    ours, ref = rate(len(requests), t["minigpt2"]), rate(len(requests), t["transformers"])
+    results["choice_file"] = {"minigpt2": ours, "transformers": ref}
+    rows.append(("score a 1,000-example choice file, examples/s", ours, ref, ""))
+
+    rng = np.random.default_rng(4)
+    text = (rng.integers(0, model.config.n_vocab, (4, 128)), rng.integers(0, model.config.n_vocab, (4, 128)))
+    task = pad_batch([Example(rng.integers(0, model.config.n_vocab, 129), n_prompt=int(rng.integers(10, 100)))
+                      for _ in range(4)])
+    t = alternate({"task": lambda: loss_and_grads(*task, model.params, model.config),
+                   "text": lambda: loss_and_grads(*text, model.params, model.config)}, ARGS.reps)
+    task_rate, text_rate = rate(4 * 128, t["task"]), rate(4 * 128, t["text"])
+    results["task_step_4x128"] = {"task": task_rate, "text": text_rate}
+    rows.append(("task-file step vs text step, tokens/s (4 x 128)", task_rate, text_rate, ">= 1.0x"))
+
+
 def measure_batch_decode(model, prompt, hf_generate, rows, results) -> None:
     """Four greedy samples decoded together, against transformers' batch of four (aggregate tokens/s)."""
     n_new = ARGS.new_tokens
@@ -360,6 +415,10 @@ def main() -> int:
     hf = hf_twin(model)
     weight_bytes = sum(a.nbytes for a in flatten(model.params).values())
     rows, results = [], {"machine": machine(), "size": ARGS.size, "threads": ARGS.threads}
+    if ARGS.only_tasks:
+        measure_tasks(model, hf, rows, results)
+        print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)
+        return 0
     if ARGS.only_train:
         measure_evaluation(model, hf, rows, results)
         del hf
@@ -421,6 +480,7 @@ def main() -> int:
     measure_batch_decode(model, prompt, hf_generate, rows, results)
 
     measure_evaluation(model, hf, rows, results)
+    measure_tasks(model, hf, rows, results)
     if not ARGS.skip_load:
         results["load"] = measure_load(model, hf, weight_bytes, reps)
         if not ARGS.skip_xl:
