@@ -77,7 +77,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     data_size = size - 8 - n
     spans = []
     for name, info in header.items():
-        ok = (isinstance(info, dict) and info.get("dtype") in DTYPES and isinstance(info.get("shape"), list)
+        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and info["dtype"] in DTYPES and isinstance(info.get("shape"), list)
               and all(map(is_count, info["shape"])) and isinstance(info.get("data_offsets"), list)
               and len(info["data_offsets"]) == 2 and all(map(is_count, info["data_offsets"])))
         if not ok:

@@ -158,3 +158,13 @@ def test_a_mutation_fuzzer_finds_no_foreign_exception_hang_or_memory_blow_up(tin
     labels = {k.split(":")[0] for k, v in result["outcomes"].items() if k.endswith(":refused")}
     assert labels == {"tf-index", "tf-data", "hparams", "hf-safetensors", "hf-config", "ours-safetensors", "encoder",
                       "merges"}, "every reader was reached and refused something"
+
+
+@pytest.mark.parametrize("dtype", [{"F32": 1}, ["F32"], None, 32])
+def test_a_dtype_that_is_not_a_string_is_the_readers_own_error(tmp_path, dtype):
+    from minigpt2.safetensors import SafetensorsError, read_safetensors
+
+    raw = json.dumps({"t": {"dtype": dtype, "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (tmp_path / "x.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(4))
+    with pytest.raises(SafetensorsError, match="tensor t has a malformed header entry"):
+        read_safetensors(tmp_path / "x.safetensors")
