@@ -30,6 +30,7 @@ that was never interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -53,7 +54,7 @@ from .download import DownloadError, cache_dir
 from .generate import Parser
 from .gpt2 import GPT2
 from .load import CONVERTED_FILE, load_converted, load_model, models_in, save_converted, write_atomically
-from .model import Dropout, Params, flatten, init_params, unflatten
+from .model import Dropout, Params, flatten, init_params, param_count, unflatten
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .safetensors import read_safetensors, write_safetensors
 from .tasks import (
@@ -94,7 +95,7 @@ class TrainConfig:
     n_head: int = 12
     n_embd: int = 768
     tokenizer: str | None = None  # a vocabulary directory; default: the init model's (GPT-2's for scratch)
-    block_size: int = 256  # tokens per training window
+    block_size: int | None = None  # tokens per training window; default 256, or the --init model's context if shorter
     batch_size: int = 8  # windows per micro-batch
     grad_accum: int = 1  # micro-batches per step
     steps: int = 200
@@ -119,7 +120,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise TrainingError naming the first setting that is out of range."""
-        positive = ["block_size", "batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "save_every"]
+        positive = ["batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "save_every"]
+        positive += ["block_size"] if self.block_size is not None else []
         if self.init == "scratch":
             positive += ["n_layer", "n_head", "n_embd"]
         for name in positive:
@@ -142,6 +144,12 @@ class TrainConfig:
             raise TrainingError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.init == "scratch" and self.n_embd % self.n_head:
             raise TrainingError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+        if self.min_lr is not None and self.min_lr > self.peak_lr:
+            raise TrainingError(f"--min-lr {self.min_lr:g} is above the peak learning rate {self.peak_lr:g} (--lr): "
+                                "the decay would rise; give a --min-lr below --lr")
+        if self.warmup_steps is not None and self.warmup_steps > self.steps:
+            raise TrainingError(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}: the run would "
+                                "never reach its learning rate")
 
 
 def flag(name: str) -> str:
@@ -177,16 +185,21 @@ def read_documents(path: str | os.PathLike, what: str = "--data") -> list[str]:
 
 
 def tokenize(docs: list[str], tok: Tokenizer, progress: bool = True) -> np.ndarray:
-    """Documents -> one array of ids, documents joined by <|endoftext|>, with a progress bar over the bytes."""
+    """Documents -> one array of ids, documents joined by <|endoftext|>, with a progress bar over the bytes.
+
+    A literal "<|endoftext|>" inside a text separates documents too (many GPT-2 datasets are written so): it
+    becomes the one end-of-text token, not seven ordinary ones."""
     eot = tok.special_tokens.get(ENDOFTEXT)
     dtype = np.uint16 if tok.n_vocab <= 2**16 else np.uint32
     pieces = []
     with tqdm(total=sum(len(d) for d in docs), unit="char", unit_scale=True, desc="tokenizing", disable=not progress,
               leave=False) as bar:
-        for i, doc in enumerate(docs):
+        parts = [part for doc in docs for part in (doc.split(ENDOFTEXT) if eot is not None else [doc])]
+        for i, part in enumerate(parts):
             if i and eot is not None:
                 pieces.append(np.array([eot], dtype))
-            for chunk in tok.chunks(doc):
+                bar.update(len(ENDOFTEXT))
+            for chunk in tok.chunks(part):
                 pieces.append(np.array(tok.encode_ordinary(chunk), dtype))
                 bar.update(len(chunk))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
@@ -196,7 +209,7 @@ def load_tokens(path: str | os.PathLike, tok: Tokenizer, what: str = "--data", p
     """The ids of the text at `path`, cached in {cache}/tokens/ by the text's and the vocabulary's hashes, so a
     second run on the same data starts at once."""
     docs = read_documents(path, what)
-    key = hashlib.sha256()
+    key = hashlib.sha256(b"documents joined and split at <|endoftext|>")  # the rule is part of the key
     for d in docs:
         key.update(hashlib.sha256(d.encode("utf-8")).digest())
     for name, data in sorted(tok.files().items()):
@@ -235,13 +248,16 @@ def run_state(out: Path) -> int | None:
     return int(meta["train_step"]) if "train_step" in meta else None
 
 
-def starting_model(cfg: TrainConfig, progress: bool) -> tuple[GPT2Config, Params, Tokenizer]:
-    """The model a new run starts from (a copy, writable) and its tokenizer."""
+def starting_model(cfg: TrainConfig, progress: bool) -> tuple[TrainConfig, GPT2Config, Params, Tokenizer]:
+    """The model a new run starts from (a copy, writable), its tokenizer, and the settings with the block size
+    decided (256, or the --init model's context if that is shorter)."""
     if cfg.init == "scratch":
+        cfg = dataclasses.replace(cfg, block_size=cfg.block_size or DEFAULT_BLOCK_SIZE)
         tok = Tokenizer.from_pretrained(cfg.tokenizer or "124M")
         config = GPT2Config(n_vocab=tok.n_vocab, n_ctx=cfg.block_size, n_embd=cfg.n_embd, n_head=cfg.n_head,
                             n_layer=cfg.n_layer)
-        return config, init_params(config, cfg.seed), tok
+        check_memory(cfg, config)
+        return cfg, config, init_params(config, cfg.seed), tok
     init_is_dir = os.path.isdir(cfg.init)
     if not init_is_dir and (os.sep in cfg.init or os.path.exists(cfg.init)):
         raise TrainingError(f"--init {cfg.init} is not found (give a model directory, a size such as 124M, "
@@ -253,10 +269,45 @@ def starting_model(cfg: TrainConfig, progress: bool) -> tuple[GPT2Config, Params
     tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.init)
     if tok.n_vocab > config.n_vocab:
         raise TrainingError(f"the tokenizer has {tok.n_vocab} ids but the --init model only {config.n_vocab}")
+    cfg = dataclasses.replace(cfg, block_size=cfg.block_size or min(DEFAULT_BLOCK_SIZE, config.n_ctx))
     if cfg.block_size > config.n_ctx:
         raise TrainingError(f"--block-size {cfg.block_size} is larger than the model's context ({config.n_ctx})")
+    check_memory(cfg, config)
     params = unflatten({k: np.array(v, dtype=np.float32) for k, v in flatten(params).items()})  # writable copy
-    return config, params, tok
+    return cfg, config, params, tok
+
+
+DEFAULT_BLOCK_SIZE = 256
+
+
+def check_memory(cfg: TrainConfig, config: GPT2Config) -> None:
+    """Refuse, before allocating anything, a run whose arrays cannot fit in this machine's memory: the
+    parameters, gradients and AdamW's two moments (4 copies), and one micro-batch's saved activations
+    (about 16 C floats per token and layer, model.py's SAVED) with one layer's attention scores."""
+    total = physical_memory()
+    if total is None:
+        return
+    gb = 1e9
+    weights = 4 * 4 * param_count(config)  # bytes: params, grads, m, v in float32
+    tokens = cfg.batch_size * cfg.block_size
+    acts = 4 * tokens * (16 * config.n_embd * config.n_layer + 4 * config.n_embd) \
+        + 4 * 4 * cfg.batch_size * config.n_head * cfg.block_size ** 2
+    if weights > total:
+        raise TrainingError(f"the model ({config.n_layer} layers of --n-embd {config.n_embd}, {param_count(config):,} "
+                            f"parameters) needs about {weights / gb:,.1f} GB to train, more than this machine's "
+                            f"{total / gb:.1f} GB")
+    if weights + acts > total:
+        raise TrainingError(f"--batch-size {cfg.batch_size} x --block-size {cfg.block_size} needs about "
+                            f"{acts / gb:,.1f} GB of activations (and {weights / gb:.1f} GB for the model), more than "
+                            f"this machine's {total / gb:.1f} GB; use a smaller --batch-size with --grad-accum")
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, tok: Tokenizer, opt: AdamW,
@@ -264,6 +315,7 @@ def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, to
     """Optimizer state under a new name, then the model (the commit point, naming the step), then the old state.
     `generators` ({"rng": the text windows', "dropout_rng": the masks'}) are saved in their exact state."""
     arrays, scalars = opt.state_dict()
+    arrays = arrays if opt.t > 0 else {}  # before the first update the moments are zeros: not written
     meta = {"step": str(step), "adam": json.dumps(scalars), "settings": json.dumps(dataclasses.asdict(cfg))}
     meta.update({k: json.dumps(g.bit_generator.state) for k, g in generators.items()})
     state = out / f"optimizer-{step}.safetensors"
@@ -297,28 +349,57 @@ def truncate_log(out: Path, step: int) -> None:
     write_atomically(path, lambda f: f.write("".join(ln + "\n" for ln in kept).encode("utf-8")))
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run after it saved a checkpoint; `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StepAbandoned(Exception):
+    """Raised inside a step's gradient (or a validation) when a stop is requested: that work is dropped."""
+
+
 class StopRequest:
-    """Ctrl-C during training: finish nothing more, checkpoint what is complete, then stop. A second Ctrl-C
-    stops at once (the last checkpoint stays)."""
+    """Ctrl-C or SIGTERM during training: drop the step in flight (its gradient, or a validation, is abandoned
+    at once; an optimizer update or a checkpoint being written is finished first), checkpoint every completed
+    step, then stop. A second signal stops at once (the last checkpoint stays)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self.previous = None
+        self.requested, self.signum, self.in_step = False, None, False
+        self.previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self.handle)
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
     def handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping: saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
+        self.requested, self.signum = True, signum
+        print(f"\nstopping ({signal.Signals(signum).name}): saving a checkpoint (again to stop at once)", file=sys.stderr)
+        if self.in_step:
+            self.in_step = False
+            raise StepAbandoned
+
+    @contextlib.contextmanager
+    def abandonable(self):
+        """Work in this block may be dropped half-way by a stop request (it changes nothing it cannot redo)."""
+        self.in_step = not self.requested
+        try:
+            if self.requested:
+                raise StepAbandoned
+            yield
+        finally:
+            self.in_step = False
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
 
 
 @dataclass
@@ -337,51 +418,135 @@ class TaskData:
     val: list[Example]
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2:
+# settings a resumed run can change (honoured, and logged in log.jsonl as "resumed"); the rest are fixed by the
+# run's model, its vocabulary or the batches it has drawn
+CHANGEABLE = ("steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "eval_every",
+              "eval_batches", "save_every", "data", "val_data")
+
+
+def resumed_settings(saved: TrainConfig, changes: dict, out: Path, done: int) -> tuple[TrainConfig, dict]:
+    """The run's own settings with `changes` ({field: value}, e.g. from the flags given with --resume) applied:
+    (new settings, {field: [old, new]} of what changed). A change to a fixed setting is a TrainingError.
+
+    The warmup stays what the run had (its default, steps // 20, is frozen at the run's first steps), so that
+    `steps` extends the cosine decay alone: the remaining steps follow the schedule of a run given the new
+    `steps` from the start, from the weights this run has."""
+    saved = dataclasses.replace(saved, warmup_steps=saved.warmup)
+    changes = {k: absolute(v) if k in ("data", "val_data") and v is not None else v for k, v in changes.items()}
+    changed = {k: v for k, v in changes.items() if getattr(saved, k) != v}
+    for k, v in changed.items():
+        if k not in CHANGEABLE:
+            raise TrainingError(f"--{flag(k)} cannot change when resuming (the run has {getattr(saved, k)!r}; it fixes "
+                                f"the model or the batches); to change it, start a new run with --init {out}")
+    cfg = dataclasses.replace(saved, **changed)
+    if cfg.steps < done:
+        raise TrainingError(f"--steps {cfg.steps} is fewer than the {done} steps {out} has already taken")
+    cfg.check()
+    return cfg, {k: [getattr(saved, k), v] for k, v in changed.items()}
+
+
+def absolute(path: str) -> str:
+    """A path as an absolute one (so that a run resumes from any working directory)."""
+    return os.path.abspath(path)
+
+
+def lock_run(out: Path):
+    """Hold an exclusive lock on `out` for this process's life (released by the kernel even after SIGKILL);
+    TrainingError at once if another run holds it."""
+    f = open(out / ".lock", "a+")
+    try:
+        import fcntl  # POSIX; elsewhere runs are not locked
+    except ImportError:
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise TrainingError(f"--out {out} is in use by another training run; wait for it to end, or choose another "
+                            "directory") from None
+    return f
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes: dict | None = None) -> GPT2:
     """Run (or, with `resume`, continue) the training `cfg` describes; return the trained model.
 
-    Raises TrainingError for bad settings or data, TrainingDiverged if the loss stops being finite, and
-    KeyboardInterrupt after saving a checkpoint when interrupted with Ctrl-C.
+    With `resume`, only cfg.out is read: the run continues with its own settings, and `changes` ({field:
+    value}) changes some (`CHANGEABLE`: steps extends the run; lr, dropout, ... retune it; data says where
+    its data is now). Raises TrainingError for bad settings or data, TrainingDiverged if the loss stops being
+    finite, and TrainingInterrupted (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C or SIGTERM.
     """
     out = Path(cfg.out)
-    done = run_state(out) if out.is_dir() else None
+    lock = None
     if resume:
-        if done is None:
+        if not out.is_dir() or run_state(out) is None:
             raise TrainingError(f"--resume: {out} holds no training run to continue")
+        lock = lock_run(out)
+        done = run_state(out)
         state_file = out / f"optimizer-{done}.safetensors"
         if not state_file.is_file():
             raise TrainingError(f"--resume: {out} has the model of step {done} but not its optimizer state "
                                 f"({state_file.name})")
         arrays, meta = read_safetensors(state_file)
-        cfg = dataclasses.replace(TrainConfig(**json.loads(meta["settings"])), out=str(out))  # the run's own settings
+        saved = dataclasses.replace(TrainConfig(**json.loads(meta["settings"])), out=str(out))
+        cfg, changed = resumed_settings(saved, changes or {}, out, done)
         config, flat = load_converted(out)
         params = unflatten({k: np.array(v) for k, v in flat.items()})  # writable: the optimizer updates in place
         tok = Tokenizer.from_dir(out)
         opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
-        opt.load_state_dict(arrays, json.loads(meta["adam"]))
+        adam = json.loads(meta["adam"])
+        if adam["t"] > 0:  # step 0's state has no moments (they are zeros)
+            opt.load_state_dict(arrays, adam)
+        opt.weight_decay = cfg.weight_decay  # as the settings say now
         rng, drop_rng = np.random.default_rng(), np.random.default_rng()
         rng.bit_generator.state = json.loads(meta["rng"])
-        if "dropout_rng" in meta:
-            drop_rng.bit_generator.state = json.loads(meta["dropout_rng"])
-        truncate_log(out, done)
+        drop_rng.bit_generator.state = json.loads(meta.get("dropout_rng", json.dumps(
+            np.random.default_rng([cfg.seed, 3]).bit_generator.state)))
         start = done
     else:
         cfg.check()
+        cfg = dataclasses.replace(cfg, data=absolute(cfg.data), val_data=cfg.val_data and absolute(cfg.val_data))
         if out.exists() and not out.is_dir():
             raise TrainingError(f"--out {out} is a file, not a directory")
-        if out.is_dir() and (done is not None or (out / LOG_FILE).exists() or models_in(out)):
-            what = f"a training run at step {done}" if done is not None else "a model or a run"
-            raise TrainingError(f"--out {out} already holds {what}; pass --resume to continue it, or choose "
-                                "another directory (nothing is overwritten)")
-        config, params, tok = starting_model(cfg, progress)
+        refuse_existing_run(out)
+        lock = lock_run(out) if out.is_dir() else None
+        cfg, config, params, tok = starting_model(cfg, progress)
         opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # the text windows
         drop_rng = np.random.default_rng([cfg.seed, 3])  # the dropout masks
         start = 0
-    data = load_data(cfg, tok, progress)  # the data is known good before anything is written
+    try:
+        data = load_data(cfg, tok, progress)  # the data is known good before anything is written
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(signal.SIGINT) from None
     validate = validator(data, cfg, params, config, progress)
-    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        truncate_log(out, done)
+        if changed:
+            append_log(out, {"step": done, "resumed": changed})
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = lock or lock_run(out)
+        refuse_existing_run(out)  # again, under the lock: a run started at the same instant may have begun
     generators = {"rng": rng, "dropout_rng": drop_rng}
+    try:
+        return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress)
+    finally:
+        lock.close()
+
+
+def refuse_existing_run(out: Path) -> None:
+    """TrainingError if `out` already holds a model or a run (nothing is ever overwritten)."""
+    done = run_state(out) if out.is_dir() else None
+    if out.is_dir() and (done is not None or (out / LOG_FILE).exists() or models_in(out)):
+        what = f"a training run at step {done}" if done is not None else "a model or a run"
+        raise TrainingError(f"--out {out} already holds {what}; pass --resume to continue it, or choose "
+                            "another directory (nothing is overwritten)")
+
+
+def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT2Config, params: Params,
+              tok: Tokenizer, opt: AdamW, generators: dict, data, validate, progress: bool) -> GPT2:
+    """The training loop proper: steps start + 1 .. cfg.steps, validating, logging and checkpointing."""
+    rng, drop_rng = generators["rng"], generators["dropout_rng"]
     if not resume:
         save_checkpoint(out, 0, config, params, tok, opt, generators, cfg)  # the run exists from the first instant
         append_log(out, {"step": 0, "val_loss": validate()})
@@ -393,17 +558,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
             states_before = {k: g.bit_generator.state for k, g in generators.items()}  # restored if abandoned
             t0 = time.perf_counter()
             lr = learning_rate(step, cfg.peak_lr, cfg.warmup, cfg.steps, cfg.min_lr)
-            batches = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * grad_accum
-            step_loss, grads = step_gradient(batches, isinstance(data, TaskData), params, config, cfg.dropout,
-                                             drop_rng, stop)
-            if stop.requested:
+            try:
+                with stop.abandonable():
+                    batches = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * grad_accum
+                    step_loss, grads = step_gradient(batches, isinstance(data, TaskData), params, config,
+                                                     cfg.dropout, drop_rng)
+            except StepAbandoned:
                 for k, g in generators.items():
                     g.bit_generator.state = states_before[k]
                 break
             grad_norm = clip_grad_norm(grads, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 raise TrainingDiverged(f"the loss became {step_loss} (gradient norm {grad_norm}) at step {step + 1}; "
-                                       f"the last good checkpoint (step {last_saved}) is in {out}; try a lower --lr")
+                                       f"the last good checkpoint (step {last_saved}) is in {out}; try a lower --lr "
+                                       "(--resume --lr X continues from it)")
             opt.step(grads, lr)
             completed = n = step + 1
             seconds = time.perf_counter() - t0
@@ -416,9 +584,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
             if n % cfg.eval_every == 0 or n == cfg.steps:
-                val_loss = validate()
-                append_log(out, {"step": n, "val_loss": val_loss})
-                bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}")
+                try:
+                    with stop.abandonable():
+                        val_loss = validate()
+                    append_log(out, {"step": n, "val_loss": val_loss})
+                    if progress:
+                        bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}", file=sys.stderr)
+                except StepAbandoned:
+                    pass  # the step is complete; only its validation is dropped
             if n % cfg.save_every == 0 or n == cfg.steps:
                 save_checkpoint(out, n, config, params, tok, opt, generators, cfg)
                 last_saved = n
@@ -427,17 +600,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> GPT2
         if stop.requested:
             if last_saved != completed:
                 save_checkpoint(out, completed, config, params, tok, opt, generators, cfg)
-            raise KeyboardInterrupt
+            raise TrainingInterrupted(stop.signum)
     return GPT2(config, params)
 
 
 def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
                   config: GPT2Config, dropout: float = 0.0, drop_rng: np.random.Generator | None = None,
-                  stop: StopRequest | None = None) -> tuple[float, Params | None]:
+                  ) -> tuple[float, Params]:
     """(loss, gradient) of one step over its micro-batches: the mean over every scored token of all of them
     (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
-    means (text: every window scores all of its tokens, so the two are the same). A stop request ends it
-    early; the caller then discards the step."""
+    means (text: every window scores all of its tokens, so the two are the same)."""
     weights = [int((y >= 0).sum()) for _, y in batches] if by_tokens else [1] * len(batches)
     total = sum(weights)
     step_loss, grads = 0.0, None
@@ -449,8 +621,6 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
             for g in flatten(micro_grads).values():
                 g *= w  # the micro-batch's sum over its scored tokens
         grads = micro_grads if grads is None else add_into(grads, micro_grads)
-        if stop is not None and stop.requested:
-            return step_loss, None
     if total > 1:
         for g in flatten(grads).values():
             g *= 1.0 / total  # the mean over the step's scored tokens (or micro-batches)
@@ -572,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-head", type=int, default=d.n_head, help="--init scratch: attention heads (default 12)")
     p.add_argument("--n-embd", type=int, default=d.n_embd, help="--init scratch: width (default 768)")
     p.add_argument("--tokenizer", help="vocabulary directory (Tokenizer.save); default the --init model's, or GPT-2's")
-    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per window (default 256)")
+    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per window (default 256, or the "
+                   "--init model's context if shorter)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows (or task examples) per "
                    "micro-batch (default 8)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (default 1)")
@@ -590,8 +761,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (default 100)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed for init and batches (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
-                   "with the run's own settings")
+                   "with the run's own settings; flags given with it change them (--steps extends the run; --lr, "
+                   "--dropout, ... retune it; --data says where its data is now); the model's shape, vocabulary, "
+                   "batch and seed cannot change")
     return p
+
+
+def flags_given(argv: list[str] | None) -> set[str]:
+    """The settings (TrainConfig field names) the command line spells out, as opposed to defaults."""
+    parser = build_parser()
+    for action in parser._actions:  # parse again with no defaults: only what was given remains
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"resume", "out"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -601,12 +782,20 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.pop("resume")
     if args["data"] is None and not resume:
         parser.error("the following arguments are required: --data (unless --resume)")
-    cfg = TrainConfig(**args)  # with --resume, the run's saved settings replace these (only --out is used)
+    cfg = TrainConfig(**args)  # with --resume only --out is read; the flags given change the run's settings
+    changes = {k: args[k] for k in flags_given(argv)} if resume else None
     err = sys.stderr
     try:
-        model = train(cfg, resume=resume)
+        model = train(cfg, resume=resume, changes=changes)
+    except TrainingInterrupted as e:
+        print(f"minigpt2-train: {signal.Signals(e.signum).name}: the last checkpoint (step {run_state(Path(cfg.out))}) "
+              f"is in {cfg.out} (continue with --resume)", file=err)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print(f"minigpt2-train: interrupted; the last checkpoint is in {cfg.out} (continue with --resume)", file=err)
+        step = run_state(Path(cfg.out)) if Path(cfg.out).is_dir() else None
+        where = "nothing was saved" if step is None else \
+            f"the last checkpoint (step {step}) is in {cfg.out} (continue with --resume)"
+        print(f"minigpt2-train: interrupted; {where}", file=err)
         return 130
     except TrainingDiverged as e:
         print(f"minigpt2-train: error: {e}", file=err)
