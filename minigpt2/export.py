@@ -15,6 +15,7 @@ from .checkpoint import CheckpointError
 from .download import DownloadError
 from .generate import Parser
 from .gpt2 import GPT2
+from .load import OverwriteRefused
 from .tokenizer import Tokenizer
 
 
@@ -30,9 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tok = Tokenizer.from_pretrained(args.model)
         except FileNotFoundError:
-            tok = None  # a model saved without its vocabulary: the weights alone
+            tok = False  # a model saved without its vocabulary: the weights alone, said below
             print(f"minigpt2-export: {args.model} holds no vocabulary; writing the weights alone", file=sys.stderr)
         model.save(args.dest, tok, format="huggingface", overwrite=args.overwrite)
+    except OverwriteRefused as e:
+        print(f"minigpt2-export: error: {e.reason}. Export into another directory, or pass --overwrite to "
+              f"{e.overwrite_does}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, CheckpointError, DownloadError) as e:
         print(f"minigpt2-export: error: {e}", file=sys.stderr)
         return 2

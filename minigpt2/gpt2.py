@@ -7,6 +7,7 @@ the forward and the KV cache (model), loading and saving (load), generation (gen
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -46,7 +47,8 @@ class GPT2:
 
     def save(self, path: str | os.PathLike, tokenizer=None, *, format: str = "minigpt2", overwrite: bool = False,
              ) -> None:
-        """Write the model into the directory `path`, with `tokenizer`'s vocabulary if given.
+        """Write the model into the directory `path`, with `tokenizer`'s vocabulary (tokenizer=False: none;
+        a Hugging Face export needs one, or an explicit False).
 
         format="minigpt2": minigpt2.safetensors, memory-mapped on load. format="huggingface": config.json,
         model.safetensors, vocab.json, merges.txt, which transformers' GPT2LMHeadModel.from_pretrained and
@@ -56,7 +58,11 @@ class GPT2:
         did not export, is refused unless `overwrite=True`.
         """
         files, eot_id = {}, None
-        if tokenizer is not None:
+        if tokenizer is None and format == "huggingface" and not (Path(path) / "vocab.json").is_file():
+            raise ValueError("format='huggingface' without a tokenizer writes no vocab.json and merges.txt, so "
+                             "GPT2TokenizerFast.from_pretrained could not read the directory: pass the tokenizer "
+                             "(model.save(path, tok, format='huggingface')), or tokenizer=False for the weights alone")
+        if tokenizer:
             if tokenizer.n_vocab > self.config.n_vocab:
                 raise ValueError(f"the tokenizer has {tokenizer.n_vocab} ids but the model only "
                                  f"n_vocab = {self.config.n_vocab}; they do not belong together")

@@ -251,7 +251,7 @@ def save_converted(config: GPT2Config, params: Params, dest: str | os.PathLike, 
     dest = Path(dest)
     files = dict(files or {})
     flat = flatten(check_params(params, config))  # float32, in a fixed order
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dir(dest)
     changed = check_writable(dest, files, overwrite, writing="converted")
     meta = {**(metadata or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
             "config": json.dumps(config.to_dict()), "files": json.dumps(sorted(files))}
@@ -305,6 +305,21 @@ def models_in(directory: Path) -> set[str]:
     return kinds
 
 
+class OverwriteRefused(FileExistsError):
+    """Saving would replace or shadow another model; `reason` says what, `overwrite_does` what allowing it does."""
+
+    def __init__(self, reason: str, overwrite_does: str):
+        super().__init__(f"{reason}. Save into another directory, or pass overwrite=True to {overwrite_does}")
+        self.reason, self.overwrite_does = reason, overwrite_does
+
+
+def make_dir(dest: Path) -> None:
+    """Create the directory `dest` (and its parents); a clear error if it is a file."""
+    if dest.exists() and not dest.is_dir():
+        raise NotADirectoryError(f"{dest} is a file, not a directory; give a directory to save the model into")
+    dest.mkdir(parents=True, exist_ok=True)
+
+
 def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing: str) -> dict[str, bytes]:
     """Refuse to save a `writing` ("converted" or "hf") model where it would change what another model's
     directory loads as, or rewrite a file minigpt2 did not write. Returns the `files` to write: those not
@@ -312,17 +327,15 @@ def check_writable(dest: Path, files: dict[str, bytes], overwrite: bool, writing
     kinds = models_in(dest)
     others = sorted(kinds - {writing})
     if others and not overwrite:
-        raise FileExistsError(f"{dest} holds {MODEL_KINDS[others[0]]}; saving this model there would change what "
-                              "the directory loads as. Save into another directory, or pass overwrite=True to add "
-                              "minigpt2's files beside them (nothing is removed)")
+        raise OverwriteRefused(f"{dest} holds {MODEL_KINDS[others[0]]}; saving this model there would change what "
+                               "the directory loads as", "add minigpt2's files beside them (nothing is removed)")
     ours = set()
     if writing == "hf" and "hf" in kinds:
         if is_our_export(dest):
             ours = {"vocab.json", "merges.txt"}  # written by an earlier export: ours to replace
         elif not overwrite:
-            raise FileExistsError(f"{dest} holds a Hugging Face model that minigpt2 did not export; exporting there "
-                                  "would replace its config.json and model.safetensors. Export into another "
-                                  "directory, or pass overwrite=True to replace them")
+            raise OverwriteRefused(f"{dest} holds a Hugging Face model that minigpt2 did not export; exporting there "
+                                   "would replace its config.json and model.safetensors", "replace them")
     if writing == "converted" and (dest / CONVERTED_FILE).is_file():
         try:
             ours = set(json.loads(read_safetensors(dest / CONVERTED_FILE)[1].get("files", "[]")))
@@ -391,7 +404,7 @@ def save_huggingface(config: GPT2Config, params: Params, dest: str | os.PathLike
     files = {hf_names[k]: v for k, v in (files or {}).items() if k in hf_names}
     config_json = (json.dumps(hf_config_json(config, eot_id), indent=2) + "\n").encode()
     flat = to_hf(flatten(check_params(params, config)))
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dir(dest)
     changed = check_writable(dest, files, overwrite, writing="hf")
     if not ((dest / "config.json").is_file() and (dest / "config.json").read_bytes() == config_json):
         changed["config.json"] = config_json  # the model's own file, like model.safetensors

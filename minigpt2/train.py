@@ -514,10 +514,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
         rng = np.random.default_rng(cfg.seed)  # the text windows
         drop_rng = np.random.default_rng([cfg.seed, 3])  # the dropout masks
         start = 0
-    try:
-        data = load_data(cfg, tok, progress)  # the data is known good before anything is written
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(signal.SIGINT) from None
+    data = load_data(cfg, tok, progress)  # the data is known good before anything is written
     validate = validator(data, cfg, params, config, progress)
     if resume:
         truncate_log(out, done)
@@ -787,16 +784,13 @@ def main(argv: list[str] | None = None) -> int:
     err = sys.stderr
     try:
         model = train(cfg, resume=resume, changes=changes)
-    except TrainingInterrupted as e:
-        print(f"minigpt2-train: {signal.Signals(e.signum).name}: the last checkpoint (step {run_state(Path(cfg.out))}) "
-              f"is in {cfg.out} (continue with --resume)", file=err)
-        return 128 + e.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # TrainingInterrupted after a checkpoint, or Ctrl-C before the run began
+        signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
         step = run_state(Path(cfg.out)) if Path(cfg.out).is_dir() else None
         where = "nothing was saved" if step is None else \
             f"the last checkpoint (step {step}) is in {cfg.out} (continue with --resume)"
-        print(f"minigpt2-train: interrupted; {where}", file=err)
-        return 130
+        print(f"minigpt2-train: stopped by {signal.Signals(signum).name}; {where}", file=err)
+        return 128 + signum
     except TrainingDiverged as e:
         print(f"minigpt2-train: error: {e}", file=err)
         return 1

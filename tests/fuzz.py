@@ -220,7 +220,7 @@ def fixtures(tf_dir: Path, work: Path) -> dict[str, Path]:
     model = GPT2.from_pretrained(tf_dir)
     tok = Tokenizer.train("the readers must refuse what they cannot read " * 40, 300, progress=False)
     model.save(work / "ours", tok)
-    model.save(work / "hf", format="huggingface")
+    model.save(work / "hf", False, format="huggingface")
     tok.save(work / "vocab")
     return {"tf": tf_dir, "ours": work / "ours", "hf": work / "hf", "vocab": work / "vocab"}
 

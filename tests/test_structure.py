@@ -22,7 +22,7 @@ ALLOWED = {
     "optim": {"model"},
     "tasks": {"backward", "config", "model", "tokenizer", "vocab"},
     "evaluate": {"tasks", "ops", "backward", "checkpoint", "download", "generate", "load", "model", "tokenizer", "vocab"},
-    "export": {"checkpoint", "download", "generate", "gpt2", "tokenizer"},
+    "export": {"checkpoint", "download", "generate", "gpt2", "load", "tokenizer"},
     "train": {"tasks", "backward", "checkpoint", "config", "download", "generate", "gpt2", "load", "model", "optim",
               "safetensors", "tokenizer", "vocab"},
     "__init__": {"config", "gpt2", "model", "tokenizer"},

@@ -1,6 +1,7 @@
 """Training: AdamW and clipping against PyTorch, learning, checkpoints that survive a kill, the CLI's faults."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt2 import GPT2, Tokenizer
+from minigpt2 import GPT2, GPT2Config, Tokenizer
 from minigpt2.load import CONVERTED_FILE
 from minigpt2.model import flatten
 from minigpt2.optim import AdamW, clip_grad_norm, learning_rate
@@ -264,6 +265,10 @@ def one_line(r, code=2):
     (["--data", "{data}/train.txt", "--lr", "0"], "--lr must be a positive number"),
     (["--data", "{data}/train.txt", "--lr", "nan"], "--lr must be a positive number"),
     (["--data", "{data}/train.txt", "--n-embd", "30", "--n-head", "4"], "divisible by --n-head"),
+    (["--data", "{data}/train.txt", "--lr", "1e-4", "--min-lr", "1e-2"], "--min-lr 0.01 is above the peak"),
+    (["--data", "{data}/train.txt", "--steps", "10", "--warmup-steps", "11"], "--warmup-steps 11 is more than --steps"),
+    (["--data", "{data}/train.txt", "--n-embd", "1000000", "--n-head", "1"], "needs about .* GB to train, more than"),
+    (["--data", "{data}/train.txt", "--batch-size", "100000000"], "--batch-size 100000000 x --block-size 16 needs"),
 ])
 def test_bad_settings_exit_2_naming_the_flag_or_file(pattern_data, bad_files, tmp_path, args, message):
     base = ["--out", str(tmp_path / "o"), "--init", "scratch", "--n-layer", "1", "--n-head", "2", "--n-embd", "8",
@@ -305,3 +310,130 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     _, meta = read_safetensors(out / CONVERTED_FILE)
     model = GPT2.from_pretrained(out)
     assert all(np.isfinite(v).all() for v in flatten(model.params).values()), f"step {meta['train_step']} is finite"
+
+
+# --- steering a run: extend, retune, relocate; one run per directory; signals ------------------------------
+
+
+def test_resume_extends_and_retunes_a_run_and_logs_what_changed(pattern_data, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.run(cli(*run_args(pattern_data, out, steps=6)), capture_output=True, cwd=REPO)
+    assert first.returncode == 0, first.stderr.decode()
+    r = subprocess.run(cli("--out", str(out), "--resume", "--steps", "12", "--lr", "1e-3"), capture_output=True,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    log = read_log(out)
+    assert [x["step"] for x in log if "loss" in x] == list(range(1, 13)), "the finished run went on to step 12"
+    assert {"step": 6, "resumed": {"steps": [6, 12], "lr": [0.003, 0.001]}} in log
+    lrs = [x["lr"] for x in log if "loss" in x]
+    assert max(lrs[6:]) <= 1e-3 < max(lrs[:6]), "the new peak rate is honoured"
+    assert lrs[-1] == pytest.approx(1e-4), "the cosine decays to the new lr / 10 at the new last step"
+    for args, flag in ((["--n-embd", "64"], "--n-embd"), (["--batch-size", "4"], "--batch-size"),
+                       (["--steps", "3"], "--steps 3 is fewer")):
+        r = subprocess.run(cli("--out", str(out), "--resume", *args), capture_output=True, cwd=REPO)
+        assert flag in one_line(r), one_line(r)
+    assert [x["step"] for x in read_log(out) if "loss" in x] == list(range(1, 13)), "a refused resume changes nothing"
+
+
+def test_a_run_started_with_a_relative_data_path_resumes_from_anywhere(pattern_data, tmp_path):
+    args = run_args(pattern_data, tmp_path / "run", steps=3)
+    args[args.index("--data") + 1] = "train.txt"  # relative to the data's directory, where it starts
+    r = subprocess.run(cli(*args), capture_output=True, cwd=pattern_data, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr.decode()
+    r = subprocess.run(cli("--out", str(tmp_path / "run"), "--resume", "--steps", "5"), capture_output=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert max(x["step"] for x in read_log(tmp_path / "run")) == 5
+
+
+def test_two_runs_into_one_directory_one_runs_and_the_other_exits_at_once(pattern_data, tmp_path):
+    out = tmp_path / "shared"
+    proc = subprocess.Popen(cli(*run_args(pattern_data, out, steps=2000)), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(out, 2, proc)
+        for args in (run_args(pattern_data, out, steps=2000), ["--out", str(out), "--resume"]):
+            r = subprocess.run(cli(*args), capture_output=True, cwd=REPO, timeout=60)
+            assert "in use by another training run" in one_line(r) or "already holds a training run" in one_line(r)
+        assert proc.poll() is None, "the first run goes on"
+    finally:
+        proc.kill()
+        proc.wait()
+    steps = [x["step"] for x in read_log_lenient(out) if "loss" in x]
+    assert len(steps) == len(set(steps)), "log.jsonl never holds a step twice"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(pattern_data, tmp_path):
+    out = tmp_path / "terminated"
+    proc = subprocess.Popen(cli(*run_args(pattern_data, out, steps=400)), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    wait_for_step(out, 7, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    done = max(r["step"] for r in read_log(out) if "loss" in r)
+    _, meta = read_safetensors(out / CONVERTED_FILE)
+    assert int(meta["train_step"]) == done >= 7 and GPT2.from_pretrained(out).config.n_layer == 2
+    assert "SIGTERM" in err.decode().splitlines()[-1] and "--resume" in err.decode().splitlines()[-1]
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(pattern_data, tmp_path, monkeypatch, capsys):
+    import minigpt2.train as train_module
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "load_data", interrupted)  # as if Ctrl-C came while tokenizing
+    code = train_module.main(run_args(pattern_data, tmp_path / "early"))
+    assert code == 130 and "nothing was saved" in capsys.readouterr().err
+
+
+def test_step_0_writes_no_moments_and_resumes_from_them(pattern_data, tmp_path):
+    from minigpt2.train import save_checkpoint
+
+    model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=8, n_head=2, n_layer=1))
+    rng = np.random.default_rng(0)
+    save_checkpoint(tmp_path, 0, model.config, model.params, Tokenizer.from_dir(pattern_data / "vocab"),
+                    AdamW(model.params, 1e-3), {"rng": rng}, small_run(pattern_data, tmp_path))
+    arrays, meta = read_safetensors(tmp_path / "optimizer-0.safetensors")
+    assert arrays == {} and json.loads(meta["adam"])["t"] == 0
+
+
+def test_endoftext_in_a_training_text_is_the_one_token(pattern_data):
+    from minigpt2.train import tokenize
+
+    tok = Tokenizer.from_dir(pattern_data / "vocab")
+    ids = tokenize(["the fox<|endoftext|>the dog", "a cat"], tok, progress=False).tolist()
+    assert ids == tok.encode("the fox") + [tok.eot_id] + tok.encode("the dog") + [tok.eot_id] + tok.encode("a cat")
+
+
+def test_a_quiet_run_prints_nothing_and_the_block_size_follows_a_short_context(tiny_checkpoint, tmp_path, capsys):
+    text = "".join(f"Line {i}: the value is {(i * 37) % 11}.\n" for i in range(300))
+    (tmp_path / "data.txt").write_text(text)
+    cfg = TrainConfig(data=str(tmp_path / "data.txt"), out=str(tmp_path / "ft"), init=str(tiny_checkpoint),
+                      batch_size=2, steps=2, lr=1e-3, eval_every=1, eval_batches=1, save_every=2)
+    train(cfg, progress=False)
+    assert capsys.readouterr() == ("", ""), "progress=False: no bar and no step lines"
+    _, meta = read_safetensors(tmp_path / "ft" / "optimizer-2.safetensors")
+    assert json.loads(meta["settings"])["block_size"] == 64, "the fixture's context (64) is shorter than 256"
+
+
+def test_export_onto_a_file_or_another_model_exits_2_with_one_line(pattern_data, tmp_path):
+    small = subprocess.run(cli(*run_args(pattern_data, tmp_path / "run", steps=1)), capture_output=True, cwd=REPO)
+    assert small.returncode == 0
+    (tmp_path / "a-file").write_text("mine")
+    export = [sys.executable, "-m", "minigpt2.export", str(tmp_path / "run")]
+    r = subprocess.run([*export, str(tmp_path / "a-file")], capture_output=True, cwd=REPO)
+    assert "a-file is a file, not a directory" in one_line(r)
+    r = subprocess.run([*export, str(tmp_path / "run")], capture_output=True, cwd=REPO)
+    assert "pass --overwrite" in one_line(r) and "overwrite=True" not in one_line(r)
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_a_hugging_face_save_without_a_tokenizer_says_so(tmp_path):
+    model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=8, n_head=2, n_layer=1))
+    with pytest.raises(ValueError, match="GPT2TokenizerFast.from_pretrained could not read"):
+        model.save(tmp_path / "hf", format="huggingface")
+    assert not (tmp_path / "hf").exists()
+    model.save(tmp_path / "hf", False, format="huggingface")  # asked for: the weights alone
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
