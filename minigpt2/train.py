@@ -48,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .backward import loss, loss_and_grads
+from .blas import blas_threads, default_threads, set_blas_threads
 from .checkpoint import CheckpointError
 from .config import GPT2Config
 from .download import DownloadError, cache_dir
@@ -109,6 +110,10 @@ class TrainConfig:
     eval_batches: int = 8  # validation micro-batches, the same windows every time
     save_every: int = 100  # steps between checkpoints (and at the end)
     seed: int = 0
+    sample_every: int = 0  # steps between printed (and logged) samples; 0 = none
+    prompt: str = ""  # what the samples continue ("": from <|endoftext|>)
+    sample_tokens: int = 48  # tokens per sample
+    threads: int | None = None  # NumPy's BLAS threads; default 1 for n_embd <= 256, else every core
 
     @property
     def peak_lr(self) -> float:
@@ -138,6 +143,14 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise TrainingError(f"--{flag(name)} must be a number >= 0, got {v!r}")
+        for name in ("sample_every",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise TrainingError(f"--{flag(name)} must be a non-negative integer, got {v!r}")
+        for name in ("sample_tokens",) + (("threads",) if self.threads is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise TrainingError(f"--{flag(name)} must be a positive integer, got {v!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise TrainingError(f"--dropout must be a probability in [0, 1), got {self.dropout!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -421,7 +434,7 @@ class TaskData:
 # settings a resumed run can change (honoured, and logged in log.jsonl as "resumed"); the rest are fixed by the
 # run's model, its vocabulary or the batches it has drawn
 CHANGEABLE = ("steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "eval_every",
-              "eval_batches", "save_every", "data", "val_data")
+              "eval_batches", "save_every", "data", "val_data", "sample_every", "prompt", "sample_tokens", "threads")
 
 
 def resumed_settings(saved: TrainConfig, changes: dict, out: Path, done: int) -> tuple[TrainConfig, dict]:
@@ -525,9 +538,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
         lock = lock or lock_run(out)
         refuse_existing_run(out)  # again, under the lock: a run started at the same instant may have begun
     generators = {"rng": rng, "dropout_rng": drop_rng}
+    threads_before = blas_threads()
+    set_blas_threads(cfg.threads or default_threads(config.n_embd))
     try:
         return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress)
     finally:
+        if threads_before is not None:
+            set_blas_threads(threads_before)
         lock.close()
 
 
@@ -543,10 +560,13 @@ def refuse_existing_run(out: Path) -> None:
 def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT2Config, params: Params,
               tok: Tokenizer, opt: AdamW, generators: dict, data, validate, progress: bool) -> GPT2:
     """The training loop proper: steps start + 1 .. cfg.steps, validating, logging and checkpointing."""
-    rng, drop_rng = generators["rng"], generators["dropout_rng"]
+    drop_rng = generators["dropout_rng"]
+    rng = generators["rng"]
+    began = time.perf_counter()
     if not resume:
         save_checkpoint(out, 0, config, params, tok, opt, generators, cfg)  # the run exists from the first instant
         append_log(out, {"step": 0, "val_loss": validate()})
+    best = best_so_far(out)
     last_saved = start
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
     completed = start
@@ -587,8 +607,17 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
                     append_log(out, {"step": n, "val_loss": val_loss})
                     if progress:
                         bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}", file=sys.stderr)
+                    if val_loss < best[1]:
+                        best = (n, val_loss)
+                        save_converted(config, params, out / BEST_DIR, tok.files(), progress=False,
+                                       metadata={"best_step": str(n), "val_loss": repr(val_loss)})
                 except StepAbandoned:
                     pass  # the step is complete; only its validation is dropped
+            if cfg.sample_every and n % cfg.sample_every == 0:
+                text = sample_text(GPT2(config, params), tok, cfg.prompt, cfg.sample_tokens, seed=cfg.seed + n)
+                append_log(out, {"step": n, "sample": text})
+                if progress:
+                    bar.write(f"step {n} sample: {cfg.prompt}{text}", file=sys.stderr)
             if n % cfg.save_every == 0 or n == cfg.steps:
                 save_checkpoint(out, n, config, params, tok, opt, generators, cfg)
                 last_saved = n
@@ -598,7 +627,56 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             if last_saved != completed:
                 save_checkpoint(out, completed, config, params, tok, opt, generators, cfg)
             raise TrainingInterrupted(stop.signum)
+    if completed > start:
+        append_log(out, {"step": completed, "summary": summary(out, cfg, data, time.perf_counter() - began)})
     return GPT2(config, params)
+
+
+BEST_DIR = "best"  # inside a run's directory: the model of the step with the lowest validation loss
+
+
+def best_so_far(out: Path) -> tuple[int, float]:
+    """(step, validation loss) of the model in out/best, or (0, inf) if there is none yet."""
+    try:
+        meta = read_safetensors(out / BEST_DIR / CONVERTED_FILE)[1]
+        return int(meta["best_step"]), float(meta["val_loss"])
+    except (OSError, ValueError, KeyError):
+        return 0, math.inf
+
+
+def sample_text(model: GPT2, tok: Tokenizer, prompt: str, n_tokens: int, seed: int) -> str:
+    """A short sample continuing `prompt` (temperature 0.8, top-k 40, its own seed: the run's generators are
+    not touched), as text."""
+    ids = tok.encode_ordinary(prompt)[-(model.config.n_ctx - 1):] or [tok.eot_id]
+    return tok.decode(model.generate(ids, n_tokens, temperature=0.8, top_k=40, seed=seed, eot_id=tok.eot_id))
+
+
+def summary(out: Path, cfg: TrainConfig, data, seconds: float) -> dict:
+    """What the run did, for the end of log.jsonl and the command line: steps, tokens seen (the whole run's,
+    padding not counted), this session's wall time, the best and the last validation loss."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    if isinstance(data, TaskData):
+        seen = examples_at(0, cfg.steps * per_step, len(data.train), cfg.seed)
+        tokens = sum(len(data.train[i].tokens) - 1 for i in seen)
+    else:
+        tokens = cfg.steps * per_step * cfg.block_size
+    vals = [r for r in read_log_records(out) if "val_loss" in r]
+    best_step, best_loss = best_so_far(out)
+    last = vals[-1]["val_loss"] if vals else None
+    return {"steps": cfg.steps, "tokens": tokens, "wall_seconds": round(seconds, 3), "last_val_loss": last,
+            "last_perplexity": math.exp(last) if last is not None and last < 700 else None,
+            "best_val_loss": best_loss if best_step else None, "best_step": best_step or None}
+
+
+def read_log_records(out: Path) -> list[dict]:
+    """log.jsonl's records (a line cut short by a kill is skipped)."""
+    records = []
+    for line in (out / LOG_FILE).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
 
 
 def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
@@ -757,6 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="validation batches (default 8)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (default 100)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed for init and batches (default 0)")
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between samples printed and "
+                   "logged during training (default 0: none)")
+    p.add_argument("--prompt", default=d.prompt, help="what the samples continue (default: from <|endoftext|>)")
+    p.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens per sample (default 48)")
+    p.add_argument("--threads", type=int, default=None, help="threads for NumPy's matrix products (default 1 for "
+                   "n_embd <= 256, where sharing a product costs more than it gives, else every core)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
                    "with the run's own settings; flags given with it change them (--steps extends the run; --lr, "
                    "--dropout, ... retune it; --data says where its data is now); the model's shape, vocabulary, "
@@ -798,6 +882,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minigpt2-train: error: {e}", file=err)
         return 2
     print(f"trained {model}; saved in {cfg.out}", file=err)
+    done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r]
+    if done:
+        s = done[-1]
+        best = f", best {s['best_val_loss']:.4f} at step {s['best_step']} (in {Path(cfg.out) / BEST_DIR})" \
+            if s["best_step"] else ""
+        last = f"{s['last_val_loss']:.4f} (perplexity {s['last_perplexity']:.3f})" if s["last_perplexity"] else \
+            str(s["last_val_loss"])
+        print(f"{s['steps']} steps, {s['tokens']:,} tokens, {s['wall_seconds']:.1f} s; validation loss: last {last}"
+              f"{best}", file=err)
     return 0
 
 

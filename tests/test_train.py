@@ -189,8 +189,9 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_run(pattern_data, tmp
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    strip = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_log(tmp_path / "whole")]
-    assert strip == [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_log(tmp_path / "killed")]
+    def strip(out):  # what a run's timing changes: tokens/s, and the summary's wall time
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_log(out) if "summary" not in r]
+    assert strip(tmp_path / "whole") == strip(tmp_path / "killed")
     assert sorted(p.name for p in (tmp_path / "killed").glob("optimizer-*")) == ["optimizer-40.safetensors"]
 
 
@@ -437,3 +438,52 @@ def test_a_hugging_face_save_without_a_tokenizer_says_so(tmp_path):
     assert not (tmp_path / "hf").exists()
     model.save(tmp_path / "hf", False, format="huggingface")  # asked for: the weights alone
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_samples_the_best_model_and_a_summary(pattern_data, tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(cli(*run_args(pattern_data, out, steps=20), "--sample-every", "10", "--prompt", "the quick",
+                           "--sample-tokens", "8"), capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    log = read_log(out)
+    samples = [x for x in log if "sample" in x]
+    assert [x["step"] for x in samples] == [10, 20] and all(isinstance(x["sample"], str) for x in samples)
+    vals = {x["step"]: x["val_loss"] for x in log if "val_loss" in x}
+    best_step = min((s for s in vals if s > 0), key=vals.get)
+    best = GPT2.from_pretrained(out / "best")
+    _, meta = read_safetensors(out / "best" / CONVERTED_FILE)
+    assert int(meta["best_step"]) == best_step and float(meta["val_loss"]) == vals[best_step]
+    assert best.config == GPT2.from_pretrained(out).config
+    summary = log[-1]["summary"]
+    assert summary["steps"] == 20 and summary["tokens"] == 20 * 8 * 32
+    assert summary["best_val_loss"] == vals[best_step] and summary["last_val_loss"] == vals[20]
+    assert "validation loss: last" in r.stderr.decode().splitlines()[-1]
+
+
+def test_init_from_another_run_starts_a_fresh_optimizer_and_schedule(pattern_data, tmp_path):
+    first = subprocess.run(cli(*run_args(pattern_data, tmp_path / "a", steps=5)), capture_output=True, cwd=REPO)
+    assert first.returncode == 0
+    r = subprocess.run(cli("--data", str(pattern_data / "train.txt"), "--out", str(tmp_path / "b"), "--init",
+                           str(tmp_path / "a"), "--block-size", "32", "--batch-size", "4", "--steps", "3",
+                           "--eval-every", "3", "--eval-batches", "1"), capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    _, meta = read_safetensors(tmp_path / "b" / "optimizer-3.safetensors")
+    assert json.loads(meta["adam"])["t"] == 3, "a fresh optimizer: three steps, not eight"
+    assert read_log(tmp_path / "b")[0]["val_loss"] < 4, "it starts from the trained model, not from scratch"
+
+
+def test_blas_threads_can_be_set_while_running():
+    from minigpt2.blas import blas_threads, default_threads, set_blas_threads
+
+    before = blas_threads()
+    assert before is not None, "NumPy's OpenBLAS was found"
+    try:
+        assert set_blas_threads(1) and blas_threads() == 1
+        a = np.ones((64, 64), np.float32)
+        np.testing.assert_array_equal(a @ a, np.full((64, 64), 64, np.float32))
+    finally:
+        set_blas_threads(before)
+    assert blas_threads() == before
+    assert default_threads(32) == 1 and default_threads(768) >= 1
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        set_blas_threads(0)
