@@ -4,10 +4,11 @@
 """
 
 from .config import GPT2Config
+from .fast import reference_mode
 from .model import KVCache
 from .tokenizer import Tokenizer
 
-__all__ = ["GPT2", "GPT2Config", "KVCache", "Tokenizer"]
+__all__ = ["GPT2", "GPT2Config", "KVCache", "Tokenizer", "reference_mode"]
 __version__ = "0.1.0"
 
 

@@ -14,9 +14,9 @@ text, as GPT-2 was pre-trained, is minimising this.
 The forward is model.transformer itself: its `record` hook keeps, by name, the activations the backward
 reads (SAVED). Kept per token and layer: the block's input and midpoint, both layer norms' outputs, q, k,
 v and z, and the MLP's input and output of GELU: 16 C floats, 48 KB at the 124M shape (C = 768), 590 KB per
-token for all 12 layers. Not kept: attention patterns ([H, T, T] per layer), recomputed block by block from
-q and k; logits ([T, V], 201 KB per token at V = 50257), made HEAD_ROWS rows at a time in the head, whose
-backward runs right away on each chunk.
+token for all 12 layers. Not kept: attention patterns ([H, T, T] per layer), recomputed from q and k; logits
+([T, V], 201 KB per token at V = 50257), made in the head, whose backward runs right away. Where a tuned form
+(fast.py, tested equal) runs instead of the textbook one, the code says so at that line.
 
 Legend as in model.py: T tokens, C n_embd, H n_head, D = C // H, V n_vocab, N rows that have a target.
 """
@@ -28,8 +28,8 @@ import math
 import numpy as np
 
 from .config import GPT2Config
+from . import fast
 from .model import (
-    QUERY_BLOCK,
     Dropout,
     Params,
     attention_scores,
@@ -45,13 +45,14 @@ from .ops import (
     dropout_backward,
     gelu_backward,
     layer_norm_backward,
+    linear,
     linear_backward,
     softmax,
+    softmax_backward,
 )
 
 # the activations the backward reads, by the last part of their names (model.py's record names)
 SAVED = {"resid_pre", "ln_1", "q", "k", "v", "z", "resid_mid", "ln_2", "pre", "post", "resid_post"}
-HEAD_ROWS = 512  # rows of logits made at a time in the LM head: 103 MB at V = 50257, instead of [B*T, V]
 
 
 # --- the loss -------------------------------------------------------------------------------------
@@ -76,36 +77,24 @@ def check_targets(targets, ids: np.ndarray, n_vocab: int) -> np.ndarray:
 def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
                      ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Mean cross-entropy of the tied head's logits h @ wte.T: h [..., T, C], targets [..., T] ->
-    (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `backward`.
-
-    Only rows with a target go through the head, HEAD_ROWS at a time, each chunk's logits turned into its
-    gradient in place: at most one [HEAD_ROWS, V] array is alive, never [B*T, V].
-    """
+    (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `backward`. Only the N rows with a
+    target go through the head."""
+    if fast.enabled():
+        return fast.lm_head_and_loss(h, wte, targets, backward)  # chunks of rows, one logits buffer
     C = h.shape[-1]
     h2, t2 = h.reshape(-1, C), targets.reshape(-1)  # [B*T, C], [B*T]
     rows = np.flatnonzero(t2 >= 0)  # [N] positions that are scored
-    n = len(rows)
-    total = 0.0
-    dh = np.zeros_like(h2) if backward else None  # [B*T, C]: ignored positions get no gradient
-    dwte = np.empty_like(wte) if backward else None  # [V, C], written by the first chunk's product
-    scratch = None  # [V, C] for the later chunks' products, made only if there are several chunks
-    buffer = np.empty((min(n, HEAD_ROWS), len(wte)), dtype=h.dtype)  # [HEAD_ROWS, V]: every chunk's logits
-    for i in range(0, n, HEAD_ROWS):
-        r = rows[i : i + HEAD_ROWS]
-        x, t = h2[r], t2[r]  # [n, C], [n]
-        logits = np.matmul(x, wte.T, out=buffer[: len(r)])  # [n, V] (ops.linear, into the one buffer)
-        nll, probs = cross_entropy(logits, t, overwrite=True)  # [n], [n, V]: the logits' array, reused
-        total += float(nll.sum(dtype=np.float64))
-        if backward:
-            dlogits = cross_entropy_backward(np.full(len(r), 1.0 / n, dtype=h.dtype), probs, t)  # [n, V]
-            dh[r] = dlogits @ wte  # [n, V] @ [V, C] -> [n, C]
-            if i == 0:
-                np.matmul(dlogits.T, x, out=dwte)  # [V, n] @ [n, C] -> [V, C]
-            else:
-                scratch = np.empty_like(wte) if scratch is None else scratch
-                dwte += np.matmul(dlogits.T, x, out=scratch)  # no new [V, C] array per chunk
-    loss = total / n
-    return (loss, dh.reshape(h.shape), dwte) if backward else (loss, None, None)
+    x, t = h2[rows], t2[rows]  # [N, C], [N]
+    logits = linear(x, wte)  # [N, C] @ [C, V] -> [N, V]
+    nll, probs = cross_entropy(logits, t)  # [N], [N, V]
+    loss = float(nll.sum(dtype=np.float64)) / len(rows)
+    if not backward:
+        return loss, None, None
+    dlogits = cross_entropy_backward(np.full(len(rows), 1.0 / len(rows), dtype=h.dtype), probs, t)  # [N, V]
+    dx, dwte, _ = linear_backward(dlogits, x, wte)  # [N, C], [V, C]
+    dh = np.zeros_like(h2)  # [B*T, C]: unscored positions get no gradient
+    dh[rows] = dx
+    return loss, dh.reshape(h.shape), dwte
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -114,47 +103,21 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
 def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
                        mask: np.ndarray | None, drop: np.ndarray | None = None, p: float = 0.0,
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Through z = softmax(q k^T / sqrt(D), masked) v: dz [..., H, T, D] -> (dq [..., H, T, D], dk, dv [..., H, S, D]).
-
-    The pattern is recomputed from q and k rather than kept from the forward ([H, T, S] per layer). The softmax
-    backward, dscores = P * (dP - sum_j dP_j P_j), gets its row sums from the forward's output instead of from
-    [T, S] arrays: sum_j dP_ij P_ij = sum_j (dz_i . v_j) P_ij = dz_i . z_i (as FlashAttention computes it).
-    Masked positions have P = 0, so their scores get no gradient.
-
-    With dropout (`drop`, `p`), z = P' v with P' = dropout(P): dP = dropout_backward(dP'), and the row sums
-    are unchanged, sum_j dP_ij P_ij = sum_j dP'_ij P'_ij = dz_i . z_i.
-    """
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    """Through z = dropout(softmax(q k^T / sqrt(D), masked)) v: dz [..., H, T, D] -> (dq [..., H, T, D],
+    dk, dv [..., H, S, D]). The pattern is recomputed from q and k rather than kept from the forward
+    ([H, T, S] per layer). Masked positions have P = 0, so their scores get no gradient."""
+    if fast.enabled():  # the softmax's row sums from dz . z, in place (fast.py)
+        return fast.attention_backward(dz, q, k, v, z, mask, drop, p, attention_scores, softmax, dropout,
+                                       dropout_backward)
     pattern = softmax(attention_scores(q, k, mask))  # [..., H, T, S], as in the forward
     dropped = pattern if drop is None else dropout(pattern, drop, p)  # [..., H, T, S]: what multiplied v
     dv = dropped.swapaxes(-1, -2) @ dz  # [..., H, S, T] @ [..., H, T, D] -> [..., H, S, D]
-    dscores = dz @ v.swapaxes(-1, -2)  # [..., H, T, S]: d pattern, made d scores in place below
+    dpattern = dz @ v.swapaxes(-1, -2)  # [..., H, T, S]
     if drop is not None:
-        dscores = dropout_backward(dscores, drop, p)  # [..., H, T, S]: d of the pattern before dropout
-    dscores -= (dz * z).sum(axis=-1, keepdims=True)  # dP - sum_j dP_j P_j  (ops.softmax_backward, via z)
-    dscores *= pattern
-    dscores *= scale  # the scores were q k^T / sqrt(D)
-    dq = dscores @ k  # [..., H, T, D]
+        dpattern = dropout_backward(dpattern, drop, p)  # d of the pattern before dropout
+    dscores = softmax_backward(dpattern, pattern) * (1.0 / math.sqrt(q.shape[-1]))  # scores were q k^T / sqrt(D)
+    dq = dscores @ k  # [..., H, T, S] @ [..., H, S, D] -> [..., H, T, D]
     dk = dscores.swapaxes(-1, -2) @ q  # [..., H, S, D]
-    return dq, dk, dv
-
-
-def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
-                                 mask: np.ndarray, block: int, drop: np.ndarray | None = None, p: float = 0.0,
-                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`attention_in_blocks` mirrored: each block of queries sends gradient to the keys and values it read."""
-    T, S = q.shape[-2], k.shape[-2]
-    dq = np.empty_like(q)  # [..., H, T, D]
-    dk, dv = np.zeros_like(k), np.zeros_like(v)  # [..., H, S, D]: several blocks read the same keys
-    for i in range(0, T, block):
-        j = min(i + block, T)
-        end = S - T + j  # as in the forward: the keys up to the block's last query
-        drop_ij = None if drop is None else drop[..., i:j, :end]
-        dq_i, dk_i, dv_i = attention_backward(dz[..., i:j, :], q[..., i:j, :], k[..., :end, :], v[..., :end, :],
-                                              z[..., i:j, :], mask[i:j, :end], drop_ij, p)
-        dq[..., i:j, :] = dq_i
-        dk[..., :end, :] += dk_i
-        dv[..., :end, :] += dv_i
     return dq, dk, dv
 
 
@@ -166,8 +129,8 @@ def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer:
     dmerged, dw_proj, db_proj = linear_backward(dout, merge_heads(z), attn["c_proj"]["w"])  # [..., T, C]
     dz = split_heads(dmerged, n_head)  # [..., H, T, D]
     drop, p = (None, 0.0) if dropout is None else (dropout.keep[f"{name}.pattern"], dropout.p)  # [..., H, T, S]
-    if q.shape[-2] > QUERY_BLOCK:  # the blocked form, as a long input's forward runs
-        dq, dk, dv = attention_in_blocks_backward(dz, q, k, v, z, mask, QUERY_BLOCK, drop, p)
+    if fast.enabled() and q.shape[-2] > fast.QUERY_BLOCK:  # by blocks of queries, as the fast forward
+        dq, dk, dv = fast.attention_in_blocks_backward(dz, q, k, v, z, mask, attention_backward, drop, p)
     else:
         dq, dk, dv = attention_backward(dz, q, k, v, z, mask, drop, p)  # [..., H, T, D] each
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [..., T, 3C]

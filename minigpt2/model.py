@@ -15,8 +15,8 @@ Params are a nested dict of float32 arrays with GPT-2's own names:
                  "ln_2": {"g", "b"}, "mlp": {"c_fc": {"w": [4C, C], "b"}, "c_proj": {"w": [C, 4C], "b"}}}, ...]}
 subtle: weights are stored [n_out, n_in], transposed from OpenAI's files ([n_in, n_out]), so that
 `linear` streams them row by row (see ops.linear); the loaders transpose once.
-Inputs longer than QUERY_BLOCK tokens compute attention in blocks of queries (`attention_in_blocks`): the
-same numbers as `attention`, without computing most of the scores the causal mask would discard.
+Every equation is here in its textbook form; where a tuned form (fast.py, tested equal) runs instead, the code
+says so at that line, and `with minigpt2.reference_mode():` runs this file's forms alone.
 
 Every intermediate passes through `record(name, array)`, which returns the array. The plain forward uses
 `keep` (returns it unchanged); `GPT2.run_with_activations` passes a recorder that stores arrays by name
@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from .config import GPT2Config
+from . import fast
 from .ops import dropout, gelu, layer_norm, linear, softmax
 
 Params = dict
@@ -45,7 +46,8 @@ def keep(name: str, x: np.ndarray) -> np.ndarray:
 
 def records_patterns(record: Record) -> bool:
     """Whether `record` wants the attention scores and patterns whole ([..., H, T, S]); if not, a long input's
-    attention runs in query blocks. A recorder that never keeps them says so with `record.patterns = False`."""
+    attention may run in query blocks (fast.py). A recorder that never keeps them says so with
+    `record.patterns = False`."""
     return record is not keep and getattr(record, "patterns", True)
 
 
@@ -88,24 +90,6 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     return pattern @ v  # [..., H, T, D]: each position's weighted sum of values
 
 
-def attention_in_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
-                        block: int, drop: np.ndarray | None = None, p: float = 0.0) -> np.ndarray:
-    """The same numbers as `attention`, for `block` queries at a time; each block reads only the keys up
-    to its own last position, so the masked upper triangle of scores is mostly never computed (for a
-    long prompt nearly half of the attention work, and of its memory)."""
-    T, S = q.shape[-2], k.shape[-2]
-    z = np.empty(q.shape, dtype=q.dtype)  # [..., H, T, D]
-    for i in range(0, T, block):
-        j = min(i + block, T)
-        end = S - T + j  # queries i..j-1 sit at positions up to end-1; later keys are all masked
-        drop_ij = None if drop is None else drop[..., i:j, :end]
-        z[..., i:j, :] = attention(q[..., i:j, :], k[..., :end, :], v[..., :end, :], mask[i:j, :end], drop=drop_ij, p=p)
-    return z
-
-
-QUERY_BLOCK = 64  # queries per attention block: small enough to skip most of the masked half, big enough for BLAS
-
-
 def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | None, mask: np.ndarray | None,
         record: Record = keep, dropout: Dropout | None = None) -> np.ndarray:
     """Masked multi-head self-attention: x [..., T, C] -> [..., T, C]."""
@@ -119,8 +103,8 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
     drop, p = None, 0.0
     if dropout is not None:  # training: one mask over the whole pattern, whichever way it is computed
         drop, p = dropout.mask(f"{name}.pattern", (*q.shape[:-1], k.shape[-2])), dropout.p  # [..., H, T, S]
-    if q.shape[-2] > QUERY_BLOCK and not records_patterns(record):  # a long input whose scores nobody records
-        z = attention_in_blocks(q, k, v, mask, QUERY_BLOCK, drop, p)  # [..., H, T, D]
+    if fast.enabled() and q.shape[-2] > fast.QUERY_BLOCK and not records_patterns(record):
+        z = fast.attention_in_blocks(q, k, v, mask, attention, drop, p)  # the same z, skipping the masked half
     else:
         z = attention(q, k, v, mask, record, name, drop, p)  # [..., H, T, D]
     z = record(f"{name}.z", z)  # [..., H, T, D]: each head's output

@@ -14,66 +14,28 @@ import math
 
 import numpy as np
 
-
-CHUNK = 1 << 16  # elements of element-wise work done at a time: its temporaries stay in the CPU's cache
-
-
-def row_chunks(x: np.ndarray) -> list[slice]:
-    """Slices of x's rows (x [N, D]) of about CHUNK elements each: arrays larger than the cache are worked on a
-    piece at a time, so that a formula's dozen passes do not each stream the whole array through memory."""
-    step = max(1, CHUNK // max(1, x.shape[-1]))
-    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
-
+from . import fast
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """GPT-2's GELU, the tanh approximation: 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3).
+    """GPT-2's GELU, the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
-    Computed as x / (1 + exp(-2u)), the same number (0.5 (1 + tanh(u)) = sigmoid(2u)), because exp is about
-    twice as fast as tanh in NumPy; in place in one buffer instead of seven temporaries, a row chunk at a time.
+    >>> gelu(np.array([-1.0, 0.0, 1.0], dtype=np.float32)).round(4)
+    array([-0.1588,  0.    ,  0.8412], dtype=float32)
     """
-    x2 = x.reshape(-1, x.shape[-1])  # [N, D]
-    y = np.empty_like(x2)
-    for rows in row_chunks(x2):
-        xs, ys = x2[rows], y[rows]
-        one_plus_exp_minus_2u(xs, out=ys)
-        np.divide(xs, ys, out=ys)  # x / (1 + exp(-2u))
-    return y.reshape(x.shape)
-
-
-def one_plus_exp_minus_2u(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """1 + exp(-2u), u = sqrt(2/pi) (x + 0.044715 x^3): GELU's denominator, written into `out` (x's shape)."""
-    np.multiply(x, x, out=out)  # x^2
-    out *= -2.0 * 0.044715 * math.sqrt(2.0 / math.pi)
-    out -= 2.0 * math.sqrt(2.0 / math.pi)
-    out *= x  # -2u
-    np.minimum(out, 80.0, out=out)  # exp(80) still fits in float32; the result is 0 to float precision there
-    np.exp(out, out=out)
-    out += 1.0
-    return out
+    if fast.enabled():
+        return fast.gelu(x)  # the same numbers in cache-sized chunks (fast.py)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """d gelu(x) / dx, chained with dy. In the forward's sigmoid form, y = x sig(2u) with
-    u = sqrt(2/pi) (x + 0.044715 x^3), so dy/dx = sig + x sig' 2 du/dx = sig (1 + (1 - sig) g), where
-    g = 2 x du/dx = 2 sqrt(2/pi) x (1 + 3 * 0.044715 x^2). A row chunk at a time, as the forward."""
-    s, a = math.sqrt(2.0 / math.pi), 0.044715
-    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])  # [N, D]
-    dx = np.empty_like(x2)
-    for rows in row_chunks(x2):
-        xs, g = x2[rows], dx[rows]
-        sig = one_plus_exp_minus_2u(xs, out=np.empty_like(xs))
-        np.reciprocal(sig, out=sig)  # sig(2u) = 1 / (1 + exp(-2u)), as in the forward
-        np.multiply(xs, xs, out=g)  # x^2
-        g *= 3.0 * a
-        g += 1.0
-        g *= xs
-        g *= 2.0 * s  # g = 2 x du/dx
-        g_sig = g * sig
-        g -= g_sig  # (1 - sig) g
-        g += 1.0
-        g *= sig  # dy/dx
-        g *= dy2[rows]
-    return dx.reshape(x.shape)
+    """d gelu(x) / dx, chained with dy: with u = sqrt(2/pi) (x + 0.044715 x^3),
+    d/dx [0.5 x (1 + tanh(u))] = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) du/dx."""
+    if fast.enabled():
+        return fast.gelu_backward(dy, x)
+    u = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+    du = math.sqrt(2.0 / math.pi) * (1.0 + 3.0 * 0.044715 * x**2)
+    th = np.tanh(u)
+    return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -109,26 +71,18 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float
     """Through y = g * xhat + b, xhat = (x - mean) / sqrt(var + eps): (dx [..., C], dg [C], db [C]).
 
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), with dxhat = dy * g: the two means
-    remove what flows into the row's mean and variance. dg and db sum over every row (all rows share the
-    parameters). A row chunk at a time (see row_chunks): up to 2x faster than whole arrays (2048 rows).
+    remove what flows into the row's mean and variance. dg and db sum over every row (all rows share them).
     """
-    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])  # [N, C]
-    n = x2.shape[1]
-    dx = np.empty_like(x2)  # [N, C]
-    dg, db = np.zeros(n, dtype=dx.dtype), np.zeros(n, dtype=dx.dtype)  # [C]: each chunk adds its rows' share
-    for rows in row_chunks(x2):
-        xs, dys, dxs = x2[rows], dy2[rows], dx[rows]
-        xc = xs - xs.sum(axis=-1, keepdims=True) / n  # [n, C] centered
-        rstd = 1.0 / np.sqrt((xc * xc).sum(axis=-1, keepdims=True) / n + eps)  # [n, 1]
-        xhat = np.multiply(xc, rstd, out=xc)  # [n, C]
-        dg += (dys * xhat).sum(axis=0)
-        db += dys.sum(axis=0)
-        dxhat = dys * g  # [n, C]
-        np.multiply(xhat, (dxhat * xhat).sum(axis=-1, keepdims=True) / n, out=dxs)  # xhat mean(dxhat xhat)
-        np.subtract(dxhat, dxs, out=dxs)
-        dxs -= dxhat.sum(axis=-1, keepdims=True) / n
-        dxs *= rstd
-    return dx.reshape(x.shape), dg, db
+    if fast.enabled():
+        return fast.layer_norm_backward(dy, x, g, eps)
+    xc = x - x.mean(axis=-1, keepdims=True)  # [..., C] centered
+    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
+    xhat = xc * rstd  # [..., C]
+    dg = (dy * xhat).reshape(-1, x.shape[-1]).sum(axis=0)  # [C]
+    db = dy.reshape(-1, x.shape[-1]).sum(axis=0)  # [C]
+    dxhat = dy * g  # [..., C]
+    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, dg, db
 
 
 def dropout(x: np.ndarray, keep: np.ndarray, p: float) -> np.ndarray:
@@ -142,27 +96,6 @@ def dropout_backward(dy: np.ndarray, keep: np.ndarray, p: float) -> np.ndarray:
     return dy * keep * (1.0 / (1.0 - p))
 
 
-FEW_ROWS = 8  # inputs of 2..FEW_ROWS rows (decoding a few samples at once) take matmul_few_rows
-WEIGHT_BLOCK = 4 << 20  # bytes of w that matmul_few_rows keeps in cache while every row uses them
-
-
-def matmul_few_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ w.T for a few rows (x [N, n_in], w [n_out, n_in] -> [N, n_out]), the same numbers by another route.
-
-    Why: decoding N samples together reads every weight once per step, but BLAS's matrix product repacks w for
-    such a skinny x on every call, which made 4 rows cost 3x one row. Instead, one matrix-vector product per
-    row over a block of w's rows small enough to stay in the CPU's cache: w streams from memory once, and rows
-    2..N read it from cache (4 rows: 33 instead of 55 ms over the 124M matrices; 1 row: 18 ms).
-    """
-    y = np.empty((x.shape[0], w.shape[0]), dtype=np.result_type(x, w))  # [N, n_out]
-    step = max(1, WEIGHT_BLOCK // max(1, w.shape[1] * w.itemsize))  # rows of w per block
-    for i in range(0, w.shape[0], step):
-        block = w[i : i + step]  # [step, n_in]
-        for r in range(x.shape[0]):
-            np.dot(block, x[r], out=y[r, i : i + step])  # [step]: one row's outputs for this block
-    return y
-
-
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x [..., n_in] @ w.T + b -> [..., n_out], with w stored [n_out, n_in] (GPT-2's "Conv1D", transposed).
 
@@ -170,7 +103,10 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     order memory streams fastest (about 15% faster than [n_in, n_out] here); decoding is bound by that read.
     """
     x2 = x.reshape(-1, x.shape[-1])  # [N, n_in]: batch and time folded into rows, so w is read once
-    y = matmul_few_rows(x2, w) if 1 < len(x2) <= FEW_ROWS else x2 @ w.T  # [N, n_out]
+    if fast.enabled() and 1 < len(x2) <= fast.FEW_ROWS:  # decoding a few samples together (fast.py)
+        y = fast.matmul_few_rows(x2, w)  # [N, n_out]
+    else:
+        y = x2 @ w.T  # [N, n_out]
     if b is not None:
         y += b  # in place: no second [N, n_out] array
     return y.reshape(*x.shape[:-1], w.shape[0])
@@ -186,20 +122,16 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.nd
     return dx, dw, db
 
 
-def cross_entropy(logits: np.ndarray, targets: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row negative log-likelihood of the targets: logits [N, V], targets [N] -> (nll [N], probs [N, V]).
 
     Stable: log softmax(x)[t] = x[t] - max(x) - log(sum(exp(x - max(x)))). The probabilities come back too,
-    because the backward is made of them. `overwrite=True` computes them in the logits' own array (no
-    second [N, V] array; the logits are gone afterwards).
+    because the backward is made of them.
     """
-    shifted = logits if overwrite else logits.copy()
-    shifted -= logits.max(axis=-1, keepdims=True)  # [N, V], <= 0
-    picked = shifted[np.arange(len(targets)), targets]  # [N]: x[t] - max(x), taken before exp overwrites it
-    probs = np.exp(shifted, out=shifted)  # [N, V], unnormalized
-    total = probs.sum(axis=-1, keepdims=True)  # [N, 1]
-    nll = np.log(total[:, 0]) - picked  # [N]
-    probs *= 1.0 / total  # [N, V]: softmax(logits)
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # [N, V], <= 0
+    total = np.exp(shifted).sum(axis=-1)  # [N]
+    nll = np.log(total) - shifted[np.arange(len(targets)), targets]  # [N]
+    probs = np.exp(shifted) / total[:, None]  # [N, V]: softmax(logits)
     return nll, probs
 
 

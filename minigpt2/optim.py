@@ -13,23 +13,16 @@ decay applies to weight matrices and embeddings, never to biases or layer-norm g
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import fast
 from .model import Params, flatten
 
 
-# entries updated together: p, g, m, v and the scratch slice, 512 KB each in float32, about one core's L2 cache
-# in all. Measured over the 124M shape's 124M entries (Intel Xeon, 2 threads): 1 << 16: 0.38 s, 1 << 17: 0.34 s,
-# 1 << 18: 0.39 s; smaller slices cost more, each thread waiting for the GIL between NumPy's short loops.
-SLICE = 1 << 17
-THREADS = 2  # AdamW is bound by memory: a second thread helps, more hardly do
-
-
-def decays(name: str, p: np.ndarray) -> bool:
-    """Whether weight decay applies: matrices and embeddings (2-D) yes; biases and layer-norm gains no."""
+def decays(p: np.ndarray) -> bool:
+    """Whether weight decay applies to the parameter `p`: matrices and embeddings (2-D) yes; biases and
+    layer-norm gains (1-D) no (nanoGPT's grouping)."""
     return p.ndim >= 2
 
 
@@ -50,9 +43,6 @@ class AdamW:
                              f"betas={betas}, eps={eps}, weight_decay={weight_decay}")
         self.params = flatten(params)  # name -> the very arrays of `params`, updated in place
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        threads = min(THREADS, os.cpu_count() or 1)
-        self.scratch = [np.empty(SLICE, dtype=np.result_type(*self.params.values())) for _ in range(threads)]
-        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self.m = {k: np.zeros_like(p) for k, p in self.params.items()}  # first moments
         self.v = {k: np.zeros_like(p) for k, p in self.params.items()}  # second moments
         self.t = 0  # steps taken
@@ -61,48 +51,21 @@ class AdamW:
         """One update of every parameter in place, with this step's learning rate (default self.lr)."""
         lr = self.lr if lr is None else lr
         self.t += 1
-        # the same arithmetic slice by slice: each slice's p, g, m, v and scratch stay in the CPU's cache while
-        # all the steps of `update` run over them, instead of streaming 500 MB arrays a dozen times. Slices are
-        # independent, so THREADS threads take turns (NumPy lets go of the GIL inside its loops): the same
-        # numbers, in less time.
-        work = []
+        b1, b2, t = self.betas[0], self.betas[1], self.t
+        if fast.enabled():  # the same update in cache-sized slices on two threads (fast.py)
+            work = [(self.params[k], g, self.m[k], self.v[k], self.weight_decay if decays(self.params[k]) else 0.0)
+                    for k, g in flatten(grads).items()]
+            return fast.adamw_step(work, t, lr, self.betas, self.eps)
         for name, g in flatten(grads).items():
-            p = self.params[name]
+            p, m, v = self.params[name], self.m[name], self.v[name]
             assert g.shape == p.shape, f"gradient of {name} has shape {g.shape}, the parameter {p.shape}"
-            decay = self.weight_decay if decays(name, p) else 0.0
-            p, g, m, v = (a.reshape(-1) for a in (p, g, self.m[name], self.v[name]))
-            work += [(p[i : i + SLICE], g[i : i + SLICE], m[i : i + SLICE], v[i : i + SLICE], decay)
-                     for i in range(0, p.size, SLICE)]
-
-        def run(k: int) -> None:
-            for p, g, m, v, decay in work[k :: len(self.scratch)]:
-                self.update(p, g, m, v, lr, decay, self.scratch[k])
-
-        if self.pool is None:
-            run(0)
-        else:
-            list(self.pool.map(run, range(len(self.scratch))))
-
-    def update(self, p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float, decay: float,
-               scratch: np.ndarray) -> None:
-        """AdamW on one slice, in place; `scratch` holds the intermediate values."""
-        b1, b2 = self.betas
-        tmp = scratch[: p.size]
-        m *= b1
-        np.multiply(g, 1.0 - b1, out=tmp)
-        m += tmp  # m = b1 m + (1 - b1) g
-        v *= b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp  # v = b2 v + (1 - b2) g^2
-        if decay:
-            p *= 1.0 - lr * decay  # decoupled: shrink the weight, not the gradient
-        np.sqrt(v, out=tmp)
-        tmp *= 1.0 / math.sqrt(1.0 - b2**self.t)
-        tmp += self.eps  # sqrt(v / (1 - b2^t)) + eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= lr / (1.0 - b1**self.t)
-        p -= tmp  # p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+            m[...] = b1 * m + (1.0 - b1) * g  # first moment
+            v[...] = b2 * v + (1.0 - b2) * g * g  # second moment
+            if decays(p):
+                p *= 1.0 - lr * self.weight_decay  # decoupled weight decay: shrink the weight, not the gradient
+            m_hat = m / (1.0 - b1**t)  # bias corrections: the moments start at zero
+            v_hat = v / (1.0 - b2**t)
+            p -= lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays {"m.<name>", "v.<name>"}, scalars) to save; `load_state_dict` restores them exactly."""

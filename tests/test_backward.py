@@ -6,13 +6,12 @@ import pytest
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.backward import (
     attention_backward,
-    attention_in_blocks_backward,
     embedding_backward,
     lm_head_and_loss,
     loss,
     loss_and_grads,
 )
-from minigpt2.model import Dropout, attention, attention_in_blocks, causal_mask, flatten, init_params, unflatten
+from minigpt2.model import Dropout, attention, causal_mask, flatten, init_params, unflatten
 from minigpt2.ops import (
     cross_entropy,
     cross_entropy_backward,
@@ -110,16 +109,6 @@ def test_causal_attention_backward(rng, T, S):
                                      {"q": dq, "k": dk, "v": dv})
 
 
-@pytest.mark.parametrize("T, S, block", [(9, 9, 4), (7, 11, 3), (8, 8, 8)])
-def test_attention_in_blocks_backward(rng, T, S, block):
-    q, k, v = (rng.standard_normal((3, n, 4)) * 2 for n in (T, S, S))
-    mask = causal_mask(T, S)
-    w = rng.standard_normal((3, T, 4))
-    dq, dk, dv = attention_in_blocks_backward(w, q, k, v, attention(q, k, v, mask), mask, block)
-    check_against_finite_differences(lambda: (w * attention_in_blocks(q, k, v, mask, block)).sum(),
-                                     {"q": q, "k": k, "v": v}, {"q": dq, "k": dk, "v": dv})
-
-
 def test_embedding_backward_accumulates_repeated_ids(rng):
     params = init_params(TINY)
     ids = np.array([[3, 5, 3], [3, 0, 5]])
@@ -130,18 +119,6 @@ def test_embedding_backward_accumulates_repeated_ids(rng):
     assert not dwte[[1, 2, 4]].any()
     np.testing.assert_allclose(dwpe[:3], dx.sum(0), rtol=1e-6)
     assert not dwpe[3:].any()
-
-
-def test_lm_head_in_row_chunks_equals_one_chunk(rng, monkeypatch):
-    import minigpt2.backward as backward
-
-    h, wte = rng.standard_normal((3, 10, 8)), rng.standard_normal((23, 8))
-    targets = rng.integers(-1, 23, (3, 10))
-    whole = lm_head_and_loss(h, wte, targets)
-    monkeypatch.setattr(backward, "HEAD_ROWS", 4)
-    chunked = lm_head_and_loss(h, wte, targets)
-    for a, b in zip(whole, chunked):
-        np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
 # --- the whole model ------------------------------------------------------------------------------

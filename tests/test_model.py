@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.model import attention, attention_in_blocks, causal_mask, flatten, unflatten
+from minigpt2.model import attention, causal_mask, flatten, unflatten
 
 from .reference import hf_forward, hf_model
 
@@ -112,15 +112,6 @@ def test_long_chunk_on_a_cache_equals_full_forward(small):
     cache = small.new_cache(batch_size=2)
     steps = [small(ids[:, :30], cache=cache), small(ids[:, 30:], cache=cache)]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), small(ids), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("T, S, block", [(200, 200, 64), (150, 180, 64), (65, 65, 64), (7, 30, 3)])
-def test_attention_in_blocks_equals_attention_in_one_block(T, S, block):
-    rng = np.random.default_rng(T)
-    q, k, v = (rng.standard_normal((2, 3, n, 8), dtype=np.float32) * 2 for n in (T, S, S))  # [B, H, T|S, D]
-    mask = causal_mask(T, S)
-    np.testing.assert_allclose(attention_in_blocks(q, k, v, mask, block), attention(q, k, v, mask),
-                               atol=1e-5, rtol=0)
 
 
 def test_recording_a_long_input_gives_the_plain_logits(small):

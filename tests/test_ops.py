@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minigpt2 import ops
-from minigpt2.ops import FEW_ROWS, gelu, layer_norm, linear, softmax
+from minigpt2.ops import gelu, layer_norm, linear, softmax
 
 
 def test_gelu_is_gpt2s_tanh_approximation():
@@ -43,15 +43,3 @@ def test_linear_folds_leading_axes_and_keeps_weights_out_by_in():
     np.testing.assert_allclose(linear(x, w), np.einsum("btc,oc->bto", x, w), rtol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, FEW_ROWS, FEW_ROWS + 1])
-def test_linear_on_a_few_rows_is_the_same_product(rows, monkeypatch):
-    # decoding a few samples takes matmul_few_rows: blocks of w's rows, one matrix-vector product per row;
-    # small blocks here (7 rows of w, the last one short) so that a small w crosses several of them
-    monkeypatch.setattr(ops, "WEIGHT_BLOCK", 7 * 33 * 4)
-    rng = np.random.default_rng(rows)
-    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((rows, 1, 33), (52, 33), (52,)))
-    y = linear(x, w, b)
-    assert y.shape == (rows, 1, 52) and y.dtype == np.float32
-    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64) + b, rtol=1e-5, atol=1e-5)
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)  # and in float64, as the gradient checks run it
-    np.testing.assert_allclose(linear(x64, w64), np.einsum("btc,oc->bto", x64, w64), rtol=1e-13)
