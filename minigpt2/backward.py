@@ -27,11 +27,10 @@ import math
 
 import numpy as np
 
-from .config import GPT2Config
 from . import fast
+from .config import GPT2Config
 from .model import (
     Dropout,
-    Params,
     attention_scores,
     causal_mask,
     merge_heads,
@@ -50,6 +49,7 @@ from .ops import (
     softmax,
     softmax_backward,
 )
+from .params import Params
 
 # the activations the backward reads, by the last part of their names (model.py's record names)
 SAVED = {"resid_pre", "ln_1", "q", "k", "v", "z", "resid_mid", "ln_2", "pre", "post", "resid_post"}

@@ -63,6 +63,7 @@ from .tasks import (
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 
+
 @dataclass(frozen=True)
 class Score:
     """What `evaluate` measured."""

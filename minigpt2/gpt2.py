@@ -16,7 +16,8 @@ from . import backward
 from .config import GPT2Config
 from .generate import generate, stream
 from .load import load_model, save_converted, save_huggingface
-from .model import KVCache, Params, check_ids, check_params, flatten, gpt2, init_params, recorder
+from .model import KVCache, check_ids, gpt2, recorder
+from .params import Params, check_params, flatten, init_params
 
 
 class GPT2:

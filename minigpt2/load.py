@@ -21,7 +21,14 @@ import numpy as np
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import GPT2Config, canonical_name
 from .download import MODEL_FILES, cache_dir, download_openai_files
-from .model import Params, check_params, flatten, iter_param_shapes, param_count, unflatten
+from .params import (
+    Params,
+    check_params,
+    flatten,
+    iter_param_shapes,
+    param_count,
+    unflatten,
+)
 from .safetensors import read_metadata, read_safetensors, write_safetensors
 
 FORMAT = "minigpt2"

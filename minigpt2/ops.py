@@ -16,6 +16,7 @@ import numpy as np
 
 from . import fast
 
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """GPT-2's GELU, the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from . import fast
-from .model import Params, flatten
+from .params import Params, flatten
 
 
 def decays(p: np.ndarray) -> bool:

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from .backward import lm_head_and_loss
 from .config import GPT2Config
-from .model import Params, transformer
+from .model import transformer
+from .params import Params
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 

@@ -273,7 +273,10 @@ class Tokenizer:
             return cls.from_dir(name_or_path)
         if os.sep in os.fspath(name_or_path) or os.path.exists(name_or_path):
             raise FileNotFoundError(f"{os.fspath(name_or_path)} is not a directory with a GPT-2 vocabulary")
-        from .download import VOCAB_FILES, download_openai_files  # network code lives in download
+        from .download import (  # network code lives in download
+            VOCAB_FILES,
+            download_openai_files,
+        )
 
         return cls.from_dir(download_openai_files(name_or_path, VOCAB_FILES))
 

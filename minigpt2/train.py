@@ -54,9 +54,17 @@ from .config import GPT2Config
 from .download import DownloadError, cache_dir
 from .generate import Parser
 from .gpt2 import GPT2
-from .load import CONVERTED_FILE, load_converted, load_model, models_in, save_converted, write_atomically
-from .model import Dropout, Params, flatten, init_params, param_count, unflatten
+from .load import (
+    CONVERTED_FILE,
+    load_converted,
+    load_model,
+    models_in,
+    save_converted,
+    write_atomically,
+)
+from .model import Dropout
 from .optim import AdamW, clip_grad_norm, learning_rate
+from .params import Params, flatten, init_params, param_count, unflatten
 from .safetensors import read_safetensors, write_safetensors
 from .tasks import (
     Example,

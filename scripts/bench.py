@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from minigpt2 import GPT2, GPT2Config  # noqa: E402
-from minigpt2.model import flatten  # noqa: E402
+from minigpt2.params import flatten  # noqa: E402
 
 try:
     import torch

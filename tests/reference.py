@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigpt2.model import flatten
+from minigpt2.params import flatten
 
 from .conftest import require
 

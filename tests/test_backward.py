@@ -7,11 +7,10 @@ from minigpt2 import GPT2, GPT2Config
 from minigpt2.backward import (
     attention_backward,
     embedding_backward,
-    lm_head_and_loss,
     loss,
     loss_and_grads,
 )
-from minigpt2.model import Dropout, attention, causal_mask, flatten, init_params, unflatten
+from minigpt2.model import Dropout, attention, causal_mask
 from minigpt2.ops import (
     cross_entropy,
     cross_entropy_backward,
@@ -26,6 +25,7 @@ from minigpt2.ops import (
     softmax,
     softmax_backward,
 )
+from minigpt2.params import flatten, init_params, unflatten
 
 from .reference import torch_loss_and_grads
 

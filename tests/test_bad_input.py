@@ -12,9 +12,8 @@ import pytest
 
 from minigpt2 import GPT2, GPT2Config, KVCache, Tokenizer
 from minigpt2.checkpoint import CheckpointError
-from minigpt2.model import flatten
+from minigpt2.params import flatten
 from minigpt2.safetensors import SafetensorsError, read_safetensors, write_safetensors
-
 
 SMALL = GPT2Config(n_vocab=300, n_ctx=32, n_embd=16, n_head=2, n_layer=2)
 

@@ -12,9 +12,14 @@ import pytest
 from minigpt2 import GPT2, Tokenizer
 from minigpt2 import download as dl
 from minigpt2.checkpoint import CheckpointError, crc32c, read_checkpoint, read_index
-from minigpt2.load import CONVERTED_FILE, convert, converted_dir, from_openai, load_converted
+from minigpt2.load import (
+    CONVERTED_FILE,
+    convert,
+    converted_dir,
+    from_openai,
+    load_converted,
+)
 from minigpt2.safetensors import read_safetensors, write_safetensors
-
 
 DATA_FILE = "model.ckpt.data-00000-of-00001"
 
@@ -347,7 +352,7 @@ def test_full_size_openai_index_written_by_tensorflow():
     # tests/data/tf-124m-layout.ckpt.index: TensorFlow's index of a checkpoint in OpenAI's 124M layout
     from minigpt2 import GPT2Config
     from minigpt2.load import openai_name
-    from minigpt2.model import param_shapes
+    from minigpt2.params import param_shapes
 
     prefix = Path(__file__).parent / "data" / "tf-124m-layout.ckpt"
     num_shards, entries = read_index(prefix)

@@ -7,9 +7,10 @@ import pytest
 
 from minigpt2 import GPT2, GPT2Config, fast, reference_mode
 from minigpt2.backward import attention_backward, lm_head_and_loss, loss_and_grads
-from minigpt2.model import Dropout, attention, causal_mask, flatten
+from minigpt2.model import Dropout, attention, causal_mask
 from minigpt2.ops import gelu, gelu_backward, layer_norm_backward, linear
 from minigpt2.optim import AdamW
+from minigpt2.params import flatten
 
 from .test_backward import check_against_finite_differences
 

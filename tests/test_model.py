@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.model import attention, causal_mask, flatten, unflatten
+from minigpt2.params import flatten, unflatten
 
 from .reference import hf_forward, hf_model
 
@@ -224,7 +224,7 @@ def test_init_follows_gpt2():
 
 def test_124m_has_124m_parameters():
     cfg = GPT2Config.from_name("gpt2")
-    from minigpt2.model import param_shapes
+    from minigpt2.params import param_shapes
 
     assert sum(int(np.prod(s)) for s in param_shapes(cfg).values()) == 124_439_808
 
@@ -277,7 +277,7 @@ def test_config_validates():
 @pytest.mark.parametrize("name, n_params", [("124M", 124_439_808), ("355M", 354_823_168),
                                             ("774M", 774_030_080), ("1558M", 1_557_611_200)])
 def test_every_released_size_has_its_published_parameter_count(name, n_params):
-    from minigpt2.model import param_shapes
+    from minigpt2.params import param_shapes
 
     config = GPT2Config.from_name(name)
     assert sum(int(np.prod(s)) for s in param_shapes(config).values()) == n_params

@@ -3,9 +3,7 @@
 import math
 
 import numpy as np
-import pytest
 
-from minigpt2 import ops
 from minigpt2.ops import gelu, layer_norm, linear, softmax
 
 

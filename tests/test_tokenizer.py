@@ -329,8 +329,9 @@ def brute_force_merges(text: str, n_merges: int) -> list[tuple[bytes, bytes]]:
     """BPE training by its definition, recounting every pair of every word from scratch at each step: the
     most frequent pair (a word's pairs count as often as the word occurs; ties: the smaller pair), never one
     that makes an existing token."""
-    import regex
     from collections import Counter
+
+    import regex
 
     from minigpt2.tokenizer import GPT2_SPLIT_PATTERN, _merge_pair
 

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from minigpt2 import GPT2
-from minigpt2.checkpoint import CheckpointError, crc32c, crc32c_array, read_checkpoint, read_table
+from minigpt2.checkpoint import (
+    CheckpointError,
+    crc32c,
+    crc32c_array,
+    read_checkpoint,
+    read_table,
+)
 from minigpt2.load import convert
 from minigpt2.safetensors import write_safetensors
 
