@@ -47,6 +47,7 @@ from tqdm import tqdm
 from .backward import lm_head_and_loss
 from .checkpoint import CheckpointError
 from .download import DownloadError
+from .files import read_utf8
 from .generate import EOT_ID, Parser
 from .load import load_model
 from .model import KVCache, gpt2, transformer
@@ -360,17 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def read_text(path: str) -> str:
     """A UTF-8 text file with something to score; errors name the file (and the bad byte)."""
-    try:
-        raw = open(path, "rb").read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(f"{path} is a directory, not a text file") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start} is "
-                         "invalid") from None
+    text = read_utf8(path)
     if not text:
         raise ValueError(f"{path} is empty: there is nothing to score")
     return text

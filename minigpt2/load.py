@@ -21,6 +21,7 @@ import numpy as np
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import GPT2Config, canonical_name
 from .download import MODEL_FILES, cache_dir, download_openai_files
+from .files import CONVERTED_FILE, write_atomically
 from .params import (
     Params,
     check_params,
@@ -33,7 +34,6 @@ from .safetensors import read_metadata, read_safetensors, write_safetensors
 
 FORMAT = "minigpt2"
 FORMAT_VERSION = "1"  # bump when the converted layout changes; older copies are then converted again
-CONVERTED_FILE = "minigpt2.safetensors"
 
 
 def converted_dir(name: str) -> Path:
@@ -272,25 +272,6 @@ def write_model(dest: Path, files: dict[str, bytes], weights: str, write_weights
     for name, data in files.items():
         write_atomically(dest / name, lambda f, data=data: f.write(data))
     write_atomically(dest / weights, write_weights)
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, flush it to disk, then rename it to `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: `path` is the old file or the new one, never half of either
-    finally:
-        tmp.unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 MODEL_KINDS = {

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .backward import lm_head_and_loss
 from .config import GPT2Config
+from .files import read_utf8
 from .model import transformer
 from .params import Params
 from .tokenizer import Tokenizer
@@ -70,15 +71,10 @@ def read_task_file(path: str | os.PathLike, what: str = "task file") -> list[Tas
     Blank lines are skipped; fields other than the ones above are ignored. A file holds one kind of row.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TaskFileError(f"{what} {path} " + ("is a directory, not a .jsonl file" if path.is_dir()
-                                                 else "does not exist"))
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise TaskFileError(f"{what} {path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x})") from None
+        text = read_utf8(path, f"{what} ")
+    except (OSError, ValueError) as e:
+        raise TaskFileError(str(e)) from None
     rows: list[TaskRow] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -20,12 +20,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import regex
 from tqdm import tqdm
 
+from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .safetensors import read_metadata
 from .vocab import (
     ENDOFTEXT,
@@ -33,7 +35,6 @@ from .vocab import (
     encoder_json_text,
     parse_encoder_json,
     parse_vocab_bpe,
-    read_text,
     token_to_text,
     vocab_bpe_text,
 )
@@ -47,7 +48,6 @@ Pair = tuple[bytes, bytes]
 EXPLAIN_STEPS_UP_TO = 256  # bytes: explain shows every step of words up to this long, only the merges of longer ones
 ENCODER_FILE, MERGES_FILE = "encoder.json", "vocab.bpe"
 PATTERN_FILE = "minigpt2-tokenizer.json"  # {"pattern": ...}: the pre-tokenizer, when saved by minigpt2
-MODEL_FILE = "minigpt2.safetensors"  # a model saved by minigpt2 carries its vocabulary's files inside
 
 # --- pre-tokenizing fast ---------------------------------------------------------------------------
 # Speed, not meaning: on ASCII text the pattern above is exactly this one, with \p{L} = [A-Za-z],
@@ -225,7 +225,7 @@ class Tokenizer:
     def from_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike,
                    pattern: str = GPT2_SPLIT_PATTERN) -> Tokenizer:
         """Load OpenAI's `encoder.json` + `vocab.bpe` (or Hugging Face's `vocab.json` + `merges.txt`)."""
-        return cls.from_texts(read_text(encoder_json, "encoder"), read_text(vocab_bpe, "merges"),
+        return cls.from_texts(read_utf8(encoder_json, "encoder file "), read_utf8(vocab_bpe, "merges file "),
                               pattern, where=(os.fspath(encoder_json), os.fspath(vocab_bpe)))
 
     @classmethod
@@ -244,7 +244,7 @@ class Tokenizer:
         """Load from a directory: a model saved by minigpt2 (its vocabulary is inside the weights file), or
         encoder.json + vocab.bpe (OpenAI) or vocab.json + merges.txt (HF), with minigpt2's pattern file if any."""
         path = os.fspath(path)
-        weights = os.path.join(path, MODEL_FILE)
+        weights = os.path.join(path, CONVERTED_FILE)
         if os.path.isfile(weights):
             meta = read_metadata(weights)
             if f"file:{ENCODER_FILE}" in meta and f"file:{MERGES_FILE}" in meta:
@@ -252,7 +252,7 @@ class Tokenizer:
                                       read_pattern(meta.get(f"file:{PATTERN_FILE}"), weights),
                                       where=(f"{weights} ({ENCODER_FILE})", f"{weights} ({MERGES_FILE})"))
         pattern_file = os.path.join(path, PATTERN_FILE)
-        pattern = read_pattern(read_text(pattern_file, PATTERN_FILE), pattern_file) if os.path.isfile(pattern_file) \
+        pattern = read_pattern(read_utf8(pattern_file), pattern_file) if os.path.isfile(pattern_file) \
             else GPT2_SPLIT_PATTERN
         for encoder_name, merges_name in ((ENCODER_FILE, MERGES_FILE), ("vocab.json", "merges.txt")):
             e, m = os.path.join(path, encoder_name), os.path.join(path, merges_name)
@@ -292,15 +292,7 @@ class Tokenizer:
         minigpt2-tokenizer.json (the pattern), each file replaced atomically; `from_dir` reads them back."""
         os.makedirs(path, exist_ok=True)
         for name, data in self.files().items():
-            final = os.path.join(path, name)
-            tmp = os.path.join(path, f".{name}.{os.getpid()}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, final)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            write_atomically(Path(path) / name, lambda f: f.write(data))
 
     # --- sizes ---
 

@@ -52,16 +52,10 @@ from .blas import blas_threads, default_threads, set_blas_threads
 from .checkpoint import CheckpointError
 from .config import GPT2Config
 from .download import DownloadError, cache_dir
+from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .generate import Parser
 from .gpt2 import GPT2
-from .load import (
-    CONVERTED_FILE,
-    load_converted,
-    load_model,
-    models_in,
-    save_converted,
-    write_atomically,
-)
+from .load import load_converted, load_model, models_in, save_converted
 from .model import Dropout
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .params import Params, flatten, init_params, param_count, unflatten
@@ -193,13 +187,10 @@ def read_documents(path: str | os.PathLike, what: str = "--data") -> list[str]:
         raise TrainingError(f"{what} {path} does not exist")
     docs = []
     for f in files:
-        raw = f.read_bytes()
         try:
-            docs.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            line = raw[: e.start].count(b"\n") + 1
-            raise TrainingError(f"{what} {f} is not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start} "
-                                f"(line {line}) is invalid") from None
+            docs.append(read_utf8(f, f"{what} "))
+        except (OSError, ValueError) as e:
+            raise TrainingError(str(e)) from None
     if not any(d.strip() for d in docs):
         raise TrainingError(f"{what} {path} is empty")
     return docs

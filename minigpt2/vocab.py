@@ -15,7 +15,6 @@ Hugging Face ships the same two files as `vocab.json` and `merges.txt`.
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 
 ENDOFTEXT = "<|endoftext|>"
@@ -65,19 +64,7 @@ def text_to_token(text: str, where: str = "vocabulary file") -> bytes:
         ) from None
 
 
-# --- reading --------------------------------------------------------------------------------------
-
-
-def read_text(path: str | os.PathLike, what: str) -> str:
-    """A vocabulary file's text, with errors that name the file."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e}); expected GPT-2's {what} file") from None
+# --- reading ---------------------------------------------------------------------------------------
 
 
 def parse_encoder_json(text: str, merges: list[tuple[bytes, bytes]], where: str = "encoder.json",

@@ -9,7 +9,7 @@ import pytest
 
 import minigpt2.load as load
 from minigpt2 import GPT2, GPT2Config, Tokenizer
-from minigpt2.load import CONVERTED_FILE
+from minigpt2.files import CONVERTED_FILE
 
 
 def snapshot(directory: Path) -> dict[str, str]:

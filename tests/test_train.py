@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from minigpt2 import GPT2, GPT2Config, Tokenizer
-from minigpt2.load import CONVERTED_FILE
+from minigpt2.files import CONVERTED_FILE
 from minigpt2.optim import AdamW, clip_grad_norm, learning_rate
 from minigpt2.params import flatten
 from minigpt2.safetensors import read_safetensors
