@@ -45,7 +45,6 @@ import numpy as np
 from tqdm import tqdm
 
 from .backward import lm_head_and_loss
-from .checkpoint import CheckpointError
 from .download import DownloadError
 from .files import read_utf8
 from .generate import EOT_ID, Parser
@@ -61,6 +60,7 @@ from .tasks import (
     is_task_file,
     read_task_file,
 )
+from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 

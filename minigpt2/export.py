@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from .checkpoint import CheckpointError
 from .download import DownloadError
 from .generate import Parser
 from .gpt2 import GPT2
-from .load import OverwriteRefused
+from .save import OverwriteRefused
+from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
 
 

@@ -22,11 +22,11 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError
 from .download import DownloadError
 from .load import load_model
 from .model import KVCache, check_ids, gpt2
 from .sample import apply_repetition_penalty, check_sampling_args, sample
+from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 

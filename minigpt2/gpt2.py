@@ -15,9 +15,10 @@ import numpy as np
 from . import backward
 from .config import GPT2Config
 from .generate import generate, stream
-from .load import load_model, save_converted, save_huggingface
+from .load import load_model
 from .model import KVCache, check_ids, gpt2, recorder
 from .params import Params, check_params, flatten, init_params
+from .save import save_converted, save_huggingface
 
 
 class GPT2:

@@ -49,17 +49,17 @@ from tqdm import tqdm
 
 from .backward import loss, loss_and_grads
 from .blas import blas_threads, default_threads, set_blas_threads
-from .checkpoint import CheckpointError
 from .config import GPT2Config
 from .download import DownloadError, cache_dir
 from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .generate import Parser
 from .gpt2 import GPT2
-from .load import load_converted, load_model, models_in, save_converted
+from .load import load_converted, load_model
 from .model import Dropout
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .params import Params, flatten, init_params, param_count, unflatten
 from .safetensors import read_safetensors, write_safetensors
+from .save import models_in, save_converted
 from .tasks import (
     Example,
     TaskFileError,
@@ -70,6 +70,7 @@ from .tasks import (
     pad_batch,
     read_task_file,
 )
+from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from minigpt2 import GPT2, GPT2Config, Tokenizer
 from minigpt2.download import openai_dir
-from minigpt2.load import CONVERTED_FILE, converted_dir
+from minigpt2.files import CONVERTED_FILE
+from minigpt2.load import converted_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # beside the repository, when run from a clone
 FIXTURE = SHARED / "fixtures" / "tf-gpt2-tiny"  # a small checkpoint written by TensorFlow, random weights

@@ -23,7 +23,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from minigpt2.checkpoint import TABLE_MAGIC, masked_crc32c, read_table
+from minigpt2.tf_checkpoint import TABLE_MAGIC, masked_crc32c, read_table
 
 ALLOWED = {"CheckpointError", "SafetensorsError", "FormatVersionError", "ValueError", "OSError",
            "FileNotFoundError", "FileExistsError", "IsADirectoryError", "TrainingError"}

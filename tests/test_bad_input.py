@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from minigpt2 import GPT2, GPT2Config, KVCache, Tokenizer
-from minigpt2.checkpoint import CheckpointError
 from minigpt2.params import flatten
 from minigpt2.safetensors import SafetensorsError, read_safetensors, write_safetensors
+from minigpt2.tf_checkpoint import CheckpointError
 
 SMALL = GPT2Config(n_vocab=300, n_ctx=32, n_embd=16, n_head=2, n_layer=2)
 

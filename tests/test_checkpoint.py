@@ -11,15 +11,15 @@ import pytest
 
 from minigpt2 import GPT2, Tokenizer
 from minigpt2 import download as dl
-from minigpt2.checkpoint import CheckpointError, crc32c, read_checkpoint, read_index
+from minigpt2.files import CONVERTED_FILE
 from minigpt2.load import (
-    CONVERTED_FILE,
     convert,
     converted_dir,
     from_openai,
     load_converted,
 )
 from minigpt2.safetensors import read_safetensors, write_safetensors
+from minigpt2.tf_checkpoint import CheckpointError, crc32c, read_checkpoint, read_index
 
 DATA_FILE = "model.ckpt.data-00000-of-00001"
 
@@ -166,12 +166,12 @@ def test_converted_copy_of_another_version_is_refused(tiny_checkpoint, tmp_path)
 
 
 def test_interrupted_conversion_leaves_nothing_that_loads(tiny_checkpoint, tmp_path, monkeypatch):
-    import minigpt2.load as load
+    import minigpt2.save as saving
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(load, "write_safetensors", crash)
+    monkeypatch.setattr(saving, "write_safetensors", crash)
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_checkpoint, tmp_path / "converted", progress=False)
     assert not (tmp_path / "converted" / CONVERTED_FILE).exists()

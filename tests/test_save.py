@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import minigpt2.load as load
+import minigpt2.files as files
+import minigpt2.save as saving
 from minigpt2 import GPT2, GPT2Config, Tokenizer
 from minigpt2.files import CONVERTED_FILE
 
@@ -79,7 +80,7 @@ def test_save_into_the_current_directory_keeps_it(tmp_path, monkeypatch, old_and
 
 def failing_write_at(k):
     """A write_atomically that fails on its k-th call (0-based) after writing half of that file."""
-    real = load.write_atomically
+    real = saving.write_atomically
     calls = []
 
     def write_atomically(path, write):
@@ -122,10 +123,10 @@ def test_interrupted_save_leaves_the_old_model_or_the_new_one(tmp_path, monkeypa
     before = snapshot(tmp_path)
     if how == "write":
         fake, calls = failing_write_at(k)
-        monkeypatch.setattr(load, "write_atomically", fake)
+        monkeypatch.setattr(saving, "write_atomically", fake)
     else:
         fake, calls = failing_rename_at(k)
-        monkeypatch.setattr(load.os, "replace", fake)
+        monkeypatch.setattr(files.os, "replace", fake)
     with pytest.raises((OSError, KeyboardInterrupt)):
         new.save(tmp_path, new_tok)
     monkeypatch.undo()
