@@ -33,6 +33,7 @@ from .model import (
     Dropout,
     attention_scores,
     causal_mask,
+    lm_loss,
     merge_heads,
     split_heads,
     transformer,
@@ -234,4 +235,4 @@ def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config:
 def loss(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> float:
     """The mean cross-entropy alone: the plain forward, nothing kept for a backward."""
     h = transformer(ids, params, config)  # [..., T, C]
-    return lm_head_and_loss(h, params["wte"], targets, backward=False)[0]
+    return lm_loss(h, params["wte"], targets)

@@ -8,6 +8,15 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 
+class ArgumentError(ValueError):
+    """A keyword argument out of range: `name` is the argument (top_p), `message` what is wrong with its value.
+    The command lines print it as the flag of the same name (--top-p)."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name} {message}")
+        self.name, self.message = name, message
+
+
 @dataclass(frozen=True)
 class GPT2Config:
     """GPT-2's hyperparameters, named as in OpenAI's hparams.json.

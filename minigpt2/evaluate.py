@@ -35,21 +35,17 @@ the model's context keeps its last tokens (the continuation must fit).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 from tqdm import tqdm
 
-from .backward import lm_head_and_loss
-from .download import DownloadError
+from .config import ArgumentError
 from .files import read_utf8
-from .generate import EOT_ID, Parser
-from .load import load_model
-from .model import KVCache, gpt2, transformer
+from .generation import EOT_ID
+from .model import KVCache, gpt2, lm_loss, transformer
 from .ops import linear
 from .tasks import (
     TaskFileError,
@@ -57,10 +53,8 @@ from .tasks import (
     completion_nll,
     encode_examples,
     eot_id_of,
-    is_task_file,
     read_task_file,
 )
-from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 
@@ -117,12 +111,8 @@ def evaluate(model, ids=None, *, text: str | None = None, tokenizer: Tokenizer |
     if ids is None:
         raise ValueError("evaluate needs ids, or text and a tokenizer")
     eot_id = eot_id if eot_id is not None else EOT_ID
-    context = config.n_ctx if context is None else context
-    stride = context // 2 if stride is None else stride
-    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= config.n_ctx:
-        raise ValueError(f"context must be an integer in [1, n_ctx = {config.n_ctx}], got {context!r}")
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= context:
-        raise ValueError(f"stride must be an integer in [1, context = {context}], got {stride!r}")
+    context, stride = check_windows(context, stride, config.n_ctx)
+    check_batch_size(batch_size)
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.size == 0 or ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"ids must be a non-empty 1-D sequence of integers, got shape {ids.shape} of {ids.dtype}")
@@ -145,6 +135,23 @@ def evaluate(model, ids=None, *, text: str | None = None, tokenizer: Tokenizer |
     return Score(nll=total, tokens=n, bytes=len(text.encode("utf-8")) if text is not None else None)
 
 
+def check_windows(context: int | None, stride: int | None, n_ctx: int) -> tuple[int, int]:
+    """(context, stride) with their defaults filled in (n_ctx, context // 2); ArgumentError if out of range."""
+    context = n_ctx if context is None else context
+    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= n_ctx:
+        raise ArgumentError("context", f"{context!r} must be in [1, the model's n_ctx = {n_ctx}]")
+    stride = context // 2 if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= context:
+        raise ArgumentError("stride", f"{stride!r} must be in [1, context = {context}]")
+    return context, stride
+
+
+def check_batch_size(batch_size: int) -> None:
+    """ArgumentError unless batch_size is a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ArgumentError("batch_size", f"must be a positive integer, got {batch_size!r}")
+
+
 def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> float:
     """Total NLL of the scored positions of windows of one length, as one batch."""
     inputs = np.stack([s[begin : end - 1] for begin, end, _ in spans])  # [B, T]: all but each window's last token
@@ -152,7 +159,7 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
     scored = np.stack([np.arange(begin + 1, end) >= first for begin, end, first in spans])  # [B, T]
     targets[~scored] = -1  # positions an earlier window scored: no loss here (as in training)
     h = transformer(inputs, model.params, model.config)  # [B, T, C]
-    mean, _, _ = lm_head_and_loss(h, model.params["wte"], targets, backward=False)  # only scored rows get logits
+    mean = lm_loss(h, model.params["wte"], targets)  # only scored rows get logits
     return mean * int(scored.sum())
 
 
@@ -296,69 +303,6 @@ def score_task_file(model, tokenizer: Tokenizer, path_or_rows, batch_size: int =
     return {"examples": len(rows), "accuracy": right / len(rows), "accuracy_norm": right_norm / len(rows)}
 
 
-# --- the command line -------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m minigpt2.evaluate FILE ... --model M`: each text file's tokens, NLL per token, perplexity,
-    bits/byte; each .jsonl task file's scores (score_task_file)."""
-    p = Parser(prog="minigpt2-evaluate", description="Perplexity and bits per byte of text files, or the scores "
-               "of .jsonl task files (NLL, exact match; accuracy for multiple choice), under GPT-2.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files, or .jsonl task files")
-    p.add_argument("--model", default="124M", help="124M, ..., or a model directory (default 124M)")
-    p.add_argument("--context", type=int, default=None, help="tokens the model reads per window (default n_ctx)")
-    p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default context // 2)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--json", action="store_true", help="one JSON object per file: file, tokens, nll (per token), "
-                   "total_nll, perplexity, bits_per_byte, bytes; for a task file: file, examples, tokens, nll, "
-                   "perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
-    args = p.parse_args(argv)
-    err = sys.stderr
-    try:
-        texts = [read_task_file(f) if is_task_file(f) else read_text(f) for f in args.files]  # all good first
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-        config, params = load_model(args.model)
-        model = SimpleNamespace(config=config, params=params)  # what evaluate reads of a GPT2
-        context = config.n_ctx if args.context is None else args.context
-        if not 1 <= context <= config.n_ctx:
-            raise ValueError(f"--context {context} must be in [1, the model's n_ctx = {config.n_ctx}]")
-        stride = context // 2 if args.stride is None else args.stride
-        if not 1 <= stride <= context:
-            raise ValueError(f"--stride {stride} must be in [1, --context = {context}]")
-        tok = Tokenizer.from_pretrained(args.model)
-    except (OSError, ValueError, CheckpointError, DownloadError) as e:
-        print(f"minigpt2-evaluate: error: {e}", file=err)
-        return 2
-    for path, text in zip(args.files, texts):
-        if isinstance(text, list):  # a task file's rows
-            try:
-                scores = score_task_file(model, tok, text, args.batch_size, progress=True)
-            except (TaskFileError, ValueError) as e:
-                print(f"minigpt2-evaluate: error: {path} {e}", file=err)
-                return 2
-            if args.json:
-                print(json.dumps({"file": path, **scores}), flush=True)
-            elif "accuracy" in scores:
-                print(f"{path}: {scores['examples']} examples, accuracy {scores['accuracy']:.4f}, accuracy_norm "
-                      f"{scores['accuracy_norm']:.4f}", flush=True)
-            else:
-                print(f"{path}: {scores['examples']} examples, {scores['tokens']} scored tokens, NLL "
-                      f"{scores['nll']:.4f} nats/token, perplexity {scores['perplexity']:.3f}, exact match "
-                      f"{scores['exact_match']:.4f}", flush=True)
-            continue
-        score = evaluate(model, text=text, tokenizer=tok, context=context, stride=stride, batch_size=args.batch_size,
-                         progress=True)
-        if args.json:
-            print(json.dumps({"file": path, "tokens": score.tokens, "nll": score.nll_per_token, "total_nll": score.nll,
-                              "perplexity": score.perplexity, "bits_per_byte": score.bits_per_byte,
-                              "bytes": score.bytes}), flush=True)
-        else:
-            print(f"{path}: {score.tokens} tokens, NLL {score.nll_per_token:.4f} nats/token, perplexity "
-                  f"{score.perplexity:.3f}, {score.bits_per_byte:.4f} bits/byte", flush=True)
-    return 0
-
-
 def read_text(path: str) -> str:
     """A UTF-8 text file with something to score; errors name the file (and the bad byte)."""
     text = read_utf8(path)
@@ -367,5 +311,7 @@ def read_text(path: str) -> str:
     return text
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command line lives in cli.py
+    from .cli import evaluate_main
+
+    sys.exit(evaluate_main())

@@ -1,7 +1,8 @@
 """GPT2: the user-facing model, one object for everything minigpt2 does with one.
 
 It holds a config and params and delegates each job to the module that does it, all of them upstream:
-the forward and the KV cache (model), loading and saving (load), generation (generate), gradients (backward).
+the forward and the KV cache (model), loading (load) and saving (save), generation (generation), gradients
+(backward).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from . import backward
 from .config import GPT2Config
-from .generate import generate, stream
+from .generation import generate, stream
 from .load import load_model
 from .model import KVCache, check_ids, gpt2, recorder
 from .params import Params, check_params, flatten, init_params

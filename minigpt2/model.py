@@ -31,7 +31,7 @@ import numpy as np
 
 from . import fast
 from .config import GPT2Config
-from .ops import dropout, gelu, layer_norm, linear, softmax
+from .ops import cross_entropy, dropout, gelu, layer_norm, linear, softmax
 from .params import Params
 
 Record = Callable[[str, np.ndarray], np.ndarray]
@@ -184,6 +184,17 @@ class Dropout:
     def __call__(self, name: str, x: np.ndarray) -> np.ndarray:
         """x with a new mask applied (ops.dropout)."""
         return dropout(x, self.mask(name, x.shape), self.p)  # x's shape
+
+
+def lm_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray) -> float:
+    """Mean next-token cross-entropy of the tied head's logits h @ wte.T at the positions with a target
+    (targets -1 elsewhere): h [..., T, C], targets [..., T]. Only those positions' logits are made."""
+    if fast.enabled():
+        return fast.lm_head_and_loss(h, wte, targets, backward=False)[0]  # chunks of rows, one logits buffer
+    rows = np.flatnonzero(targets.reshape(-1) >= 0)  # [N] scored positions
+    logits = linear(h.reshape(-1, h.shape[-1])[rows], wte)  # [N, C] -> [N, V]
+    nll, _ = cross_entropy(logits, targets.reshape(-1)[rows])  # [N]
+    return float(nll.sum(dtype=np.float64)) / len(rows)
 
 
 # --- KV cache -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .config import ArgumentError
 from .ops import softmax
 
 
@@ -93,12 +94,12 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
                         repetition_penalty: float | None = None) -> None:
-    """Raise ValueError naming the argument that is out of range."""
+    """Raise ArgumentError (a ValueError) naming the argument that is out of range."""
     if not temperature >= 0:  # also catches NaN
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise ArgumentError("temperature", f"must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        raise ArgumentError("top_k", f"must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise ArgumentError("top_p", f"must be in (0, 1], got {top_p}")
     if repetition_penalty is not None and not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1 = none), got {repetition_penalty}")
+        raise ArgumentError("repetition_penalty", f"must be > 0 (1 = none), got {repetition_penalty}")

@@ -29,7 +29,6 @@ that was never interrupted.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -50,9 +49,8 @@ from tqdm import tqdm
 from .backward import loss, loss_and_grads
 from .blas import blas_threads, default_threads, set_blas_threads
 from .config import GPT2Config
-from .download import DownloadError, cache_dir
+from .download import cache_dir
 from .files import CONVERTED_FILE, read_utf8, write_atomically
-from .generate import Parser
 from .gpt2 import GPT2
 from .load import load_converted, load_model
 from .model import Dropout
@@ -70,7 +68,6 @@ from .tasks import (
     pad_batch,
     read_task_file,
 )
-from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
 
@@ -801,98 +798,7 @@ def split_data(cfg: TrainConfig, tok: Tokenizer, progress: bool) -> tuple[np.nda
     return tokens, val
 
 
-# --- the command line -------------------------------------------------------------------------------
+if __name__ == "__main__":  # the command line lives in cli.py
+    from .cli import train_main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig(data="", out="")
-    p = Parser(prog="minigpt2-train", description="Pre-train or fine-tune GPT-2 on text (NumPy).")
-    p.add_argument("--data", help="a UTF-8 text file, a directory of .txt files, or a .jsonl task file of "
-                   "prompt/completion pairs (required unless --resume)")
-    p.add_argument("--out", required=True, help="the run's directory: model, optimizer state, log.jsonl")
-    p.add_argument("--val-data", help="validation data of --data's kind (default: the last 10%% of --data)")
-    p.add_argument("--init", default=d.init, help="model to fine-tune: 124M, 355M, ..., or a directory (OpenAI, "
-                   "Hugging Face, minigpt2); or 'scratch' for a new model (default 124M)")
-    p.add_argument("--n-layer", type=int, default=d.n_layer, help="--init scratch: blocks (default 12)")
-    p.add_argument("--n-head", type=int, default=d.n_head, help="--init scratch: attention heads (default 12)")
-    p.add_argument("--n-embd", type=int, default=d.n_embd, help="--init scratch: width (default 768)")
-    p.add_argument("--tokenizer", help="vocabulary directory (Tokenizer.save); default the --init model's, or GPT-2's")
-    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per window (default 256, or the "
-                   "--init model's context if shorter)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows (or task examples) per "
-                   "micro-batch (default 8)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (default 1)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default 200)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4 from scratch, "
-                   "3e-5 fine-tuning)")
-    p.add_argument("--min-lr", type=float, default=None, help="learning rate at the last step (default lr / 10)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default steps / 20)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's, on 2-D tensors (default 0.1)")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm; 0 = off (default 1)")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout probability in training, where GPT-2 "
-                   "drops: embeddings, attention, residual branches (default 0)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations (default 50)")
-    p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="validation batches (default 8)")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (default 100)")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed for init and batches (default 0)")
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between samples printed and "
-                   "logged during training (default 0: none)")
-    p.add_argument("--prompt", default=d.prompt, help="what the samples continue (default: from <|endoftext|>)")
-    p.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens per sample (default 48)")
-    p.add_argument("--threads", type=int, default=None, help="threads for NumPy's matrix products (default 1 for "
-                   "n_embd <= 256, where sharing a product costs more than it gives, else every core)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
-                   "with the run's own settings; flags given with it change them (--steps extends the run; --lr, "
-                   "--dropout, ... retune it; --data says where its data is now); the model's shape, vocabulary, "
-                   "batch and seed cannot change")
-    return p
-
-
-def flags_given(argv: list[str] | None) -> set[str]:
-    """The settings (TrainConfig field names) the command line spells out, as opposed to defaults."""
-    parser = build_parser()
-    for action in parser._actions:  # parse again with no defaults: only what was given remains
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv))) - {"resume", "out"}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m minigpt2.train --data PATH --out DIR`: train, checkpointing as it goes."""
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    resume = args.pop("resume")
-    if args["data"] is None and not resume:
-        parser.error("the following arguments are required: --data (unless --resume)")
-    cfg = TrainConfig(**args)  # with --resume only --out is read; the flags given change the run's settings
-    changes = {k: args[k] for k in flags_given(argv)} if resume else None
-    err = sys.stderr
-    try:
-        model = train(cfg, resume=resume, changes=changes)
-    except KeyboardInterrupt as e:  # TrainingInterrupted after a checkpoint, or Ctrl-C before the run began
-        signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
-        step = run_state(Path(cfg.out)) if Path(cfg.out).is_dir() else None
-        where = "nothing was saved" if step is None else \
-            f"the last checkpoint (step {step}) is in {cfg.out} (continue with --resume)"
-        print(f"minigpt2-train: stopped by {signal.Signals(signum).name}; {where}", file=err)
-        return 128 + signum
-    except TrainingDiverged as e:
-        print(f"minigpt2-train: error: {e}", file=err)
-        return 1
-    except (TrainingError, OSError, ValueError, CheckpointError, DownloadError) as e:
-        print(f"minigpt2-train: error: {e}", file=err)
-        return 2
-    print(f"trained {model}; saved in {cfg.out}", file=err)
-    done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r]
-    if done:
-        s = done[-1]
-        best = f", best {s['best_val_loss']:.4f} at step {s['best_step']} (in {Path(cfg.out) / BEST_DIR})" \
-            if s["best_step"] else ""
-        last = f"{s['last_val_loss']:.4f} (perplexity {s['last_perplexity']:.3f})" if s["last_perplexity"] else \
-            str(s["last_val_loss"])
-        print(f"{s['steps']} steps, {s['tokens']:,} tokens, {s['wall_seconds']:.1f} s; validation loss: last {last}"
-              f"{best}", file=err)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train_main())

@@ -111,8 +111,8 @@ def test_the_first_token_is_conditioned_on_endoftext_alone(model, vocab):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(context=0), "context must be an integer in"), (dict(context=65), "context must be an integer in"),
-    (dict(stride=0), "stride must be"), (dict(context=16, stride=17), "stride must be"),
+    (dict(context=0), "context 0 must be in"), (dict(context=65), "context 65 must be in"),
+    (dict(stride=0), "stride 0 must be in"), (dict(context=16, stride=17), "stride 17 must be in"),
     (dict(eot_id=300), "outside the vocabulary.*end-of-text id"),
 ])
 def test_bad_arguments_are_named(model, vocab, kwargs, message):

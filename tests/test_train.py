@@ -380,12 +380,13 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(pattern_data, tmp_path):
 
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(pattern_data, tmp_path, monkeypatch, capsys):
     import minigpt2.train as train_module
+    from minigpt2.cli import train_main
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "load_data", interrupted)  # as if Ctrl-C came while tokenizing
-    code = train_module.main(run_args(pattern_data, tmp_path / "early"))
+    code = train_main(run_args(pattern_data, tmp_path / "early"))
     assert code == 130 and "nothing was saved" in capsys.readouterr().err
 
 

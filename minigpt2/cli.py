@@ -1,0 +1,331 @@
+"""flags -> library calls, errors -> one line and an exit code: minigpt2's four command lines.
+
+    python -m minigpt2.generate "prompt" [--model 124M] ...      generate_main
+    python -m minigpt2.train --data FILE --out DIR ...           train_main
+    python -m minigpt2.evaluate FILE ... [--model DIR] ...       evaluate_main
+    python -m minigpt2.export MODEL DEST                         export_main
+
+Each flag mirrors the keyword argument of the same name (--top-p: top_p). The library checks its arguments
+and raises ArgumentError naming the argument; here that becomes the flag. Exit codes: 0 done, 2 bad input
+(one line naming the flag, the file or the line), 1 a training run that diverged, 128 + the signal when a
+run was stopped by one (130 Ctrl-C, 143 SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .config import ArgumentError
+from .download import DownloadError
+from .evaluate import (
+    check_batch_size,
+    check_windows,
+    evaluate,
+    read_text,
+    score_task_file,
+)
+from .generation import EOT_ID, check_generation_args, generate, stream
+from .gpt2 import GPT2
+from .save import OverwriteRefused
+from .tasks import TaskFileError, is_task_file, read_task_file
+from .tf_checkpoint import CheckpointError
+from .tokenizer import Tokenizer
+from .train import (
+    BEST_DIR,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingError,
+    TrainingInterrupted,
+    read_log_records,
+    run_state,
+    train,
+)
+from .vocab import ENDOFTEXT
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for minigpt2's command lines: a bad flag is one line and exit code 2, not usage + message."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def fail(prog: str, e: Exception) -> int:
+    """Print the error as one line (an ArgumentError names its flag) and return exit code 2."""
+    message = f"--{e.name.replace('_', '-')} {e.message}" if isinstance(e, ArgumentError) else str(e)
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# --- generate -------------------------------------------------------------------------------------------
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="minigpt2-generate", description="Continue a prompt with GPT-2 (NumPy).")
+    p.add_argument("prompt", help="text to continue; '-' reads it from standard input; '' samples unconditionally")
+    p.add_argument("--model", default="124M", help="124M, 355M, 774M, 1558M (or gpt2, gpt2-medium, ...), "
+                   "downloaded once; or a directory with OpenAI, Hugging Face or converted files (default 124M)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=40, help="sample from the k most likely tokens; 0 = all (default 40)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass >= p, "
+                   "in (0, 1] (default: off)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples")
+    p.add_argument("--num-samples", type=int, default=1, help="independent continuations (default 1)")
+    p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
+    p.add_argument("--no-stop", action="store_true", help="keep going after <|endoftext|>")
+    return p
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt2.generate "prompt"`: print GPT-2's continuation as it is produced."""
+    args = generate_parser().parse_args(argv)
+    err = sys.stderr
+    try:  # the library's own checks, before the model loads
+        check_generation_args(args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                              num_samples=args.num_samples)
+    except ArgumentError as e:
+        return fail("minigpt2-generate", e)
+    # never a UnicodeEncodeError on a console that is not UTF-8: unprintable characters become "?"
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    try:
+        model = GPT2.from_pretrained(args.model)
+        tok = model_tokenizer(args.model, model.config.n_vocab)
+        eot_id = tok.special_tokens.get(ENDOFTEXT)
+        if not prompt and eot_id is None:
+            raise ValueError("an empty prompt starts after <|endoftext|>, which this vocabulary does not have")
+        ids = tok.encode(prompt) if prompt else [eot_id]  # no prompt: start after <|endoftext|>, as OpenAI does
+    except (OSError, ValueError, CheckpointError, DownloadError) as e:
+        return fail("minigpt2-generate", e)
+    options = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, seed=args.seed, stop_at_eot=not args.no_stop,
+                   eot_id=eot_id)
+    try:
+        print_continuations(model, tok, ids, args, options)
+    except KeyboardInterrupt:  # Ctrl-C: stop quietly, as a shell tool does
+        print(file=err)
+        return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing more to say
+        # subtle: point stdout at /dev/null, or Python's final flush at exit fails again and prints an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+def model_tokenizer(model: str, n_vocab: int) -> Tokenizer:
+    """The model's own vocabulary; for a directory without one, GPT-2's if the sizes fit (saying so)."""
+    try:
+        return Tokenizer.from_pretrained(model)
+    except FileNotFoundError:
+        if not os.path.isdir(model) or n_vocab != EOT_ID + 1:
+            raise
+    print(f"minigpt2-generate: {model} holds no vocabulary; using GPT-2's (save the model with its tokenizer, "
+          "model.save(dir, tokenizer), to keep its own)", file=sys.stderr)
+    return Tokenizer.from_pretrained("124M")
+
+
+def print_continuations(model, tok: Tokenizer, ids: list[int], args: argparse.Namespace, options: dict) -> None:
+    """Stream one continuation to stdout as it is made, or print several when they are done."""
+    if args.num_samples == 1 and not args.no_stream:
+        decoder = tok.stream_decoder()
+        for i in stream(model, ids, args.max_new_tokens, **options):
+            if i == options["eot_id"] and options["stop_at_eot"]:
+                break  # the end of the text is not part of it (as generate() leaves it out)
+            sys.stdout.write(decoder.push(int(i)))
+            sys.stdout.flush()
+        sys.stdout.write(decoder.flush() + "\n")
+        sys.stdout.flush()  # inside the caller's try: a closed pipe shows up here, not at exit
+        return
+    samples = generate(model, ids, args.max_new_tokens, num_samples=args.num_samples, progress=True, **options)
+    for n, new in enumerate(samples, start=1):
+        if args.num_samples > 1:
+            print(f"{'=' * 30} sample {n} {'=' * 30}")
+        print(tok.decode(new), flush=True)
+
+
+# --- train ----------------------------------------------------------------------------------------------
+
+
+def train_parser() -> argparse.ArgumentParser:
+    d = TrainConfig(data="", out="")
+    p = Parser(prog="minigpt2-train", description="Pre-train or fine-tune GPT-2 on text (NumPy).")
+    p.add_argument("--data", help="a UTF-8 text file, a directory of .txt files, or a .jsonl task file of "
+                   "prompt/completion pairs (required unless --resume)")
+    p.add_argument("--out", required=True, help="the run's directory: model, optimizer state, log.jsonl")
+    p.add_argument("--val-data", help="validation data of --data's kind (default: the last 10%% of --data)")
+    p.add_argument("--init", default=d.init, help="model to fine-tune: 124M, 355M, ..., or a directory (OpenAI, "
+                   "Hugging Face, minigpt2); or 'scratch' for a new model (default 124M)")
+    p.add_argument("--n-layer", type=int, default=d.n_layer, help="--init scratch: blocks (default 12)")
+    p.add_argument("--n-head", type=int, default=d.n_head, help="--init scratch: attention heads (default 12)")
+    p.add_argument("--n-embd", type=int, default=d.n_embd, help="--init scratch: width (default 768)")
+    p.add_argument("--tokenizer", help="vocabulary directory (Tokenizer.save); default the --init model's, or GPT-2's")
+    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per window (default 256, or the "
+                   "--init model's context if shorter)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows (or task examples) per "
+                   "micro-batch (default 8)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (default 1)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default 200)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4 from scratch, "
+                   "3e-5 fine-tuning)")
+    p.add_argument("--min-lr", type=float, default=None, help="learning rate at the last step (default lr / 10)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default steps / 20)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's, on 2-D tensors (default 0.1)")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm; 0 = off (default 1)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout probability in training, where GPT-2 "
+                   "drops: embeddings, attention, residual branches (default 0)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations (default 50)")
+    p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="validation batches (default 8)")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (default 100)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed for init and batches (default 0)")
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between samples printed and "
+                   "logged during training (default 0: none)")
+    p.add_argument("--prompt", default=d.prompt, help="what the samples continue (default: from <|endoftext|>)")
+    p.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens per sample (default 48)")
+    p.add_argument("--threads", type=int, default=None, help="threads for NumPy's matrix products (default 1 for "
+                   "n_embd <= 256, where sharing a product costs more than it gives, else every core)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
+                   "with the run's own settings; flags given with it change them (--steps extends the run; --lr, "
+                   "--dropout, ... retune it; --data says where its data is now); the model's shape, vocabulary, "
+                   "batch and seed cannot change")
+    return p
+
+
+def flags_given(argv: list[str] | None) -> set[str]:
+    """The settings (TrainConfig field names) the command line spells out, as opposed to defaults."""
+    parser = train_parser()
+    for action in parser._actions:  # parse again with no defaults: only what was given remains
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"resume", "out"}
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt2.train --data PATH --out DIR`: train, checkpointing as it goes."""
+    parser = train_parser()
+    args = vars(parser.parse_args(argv))
+    resume = args.pop("resume")
+    if args["data"] is None and not resume:
+        parser.error("the following arguments are required: --data (unless --resume)")
+    cfg = TrainConfig(**args)  # with --resume only --out is read; the flags given change the run's settings
+    changes = {k: args[k] for k in flags_given(argv)} if resume else None
+    err = sys.stderr
+    try:
+        model = train(cfg, resume=resume, changes=changes)
+    except KeyboardInterrupt as e:  # TrainingInterrupted after a checkpoint, or Ctrl-C before the run began
+        signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
+        step = run_state(Path(cfg.out)) if Path(cfg.out).is_dir() else None
+        where = "nothing was saved" if step is None else \
+            f"the last checkpoint (step {step}) is in {cfg.out} (continue with --resume)"
+        print(f"minigpt2-train: stopped by {signal.Signals(signum).name}; {where}", file=err)
+        return 128 + signum
+    except TrainingDiverged as e:
+        print(f"minigpt2-train: error: {e}", file=err)
+        return 1
+    except (TrainingError, OSError, ValueError, CheckpointError, DownloadError) as e:
+        print(f"minigpt2-train: error: {e}", file=err)
+        return 2
+    print(f"trained {model}; saved in {cfg.out}", file=err)
+    done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r]
+    if done:
+        s = done[-1]
+        best = f", best {s['best_val_loss']:.4f} at step {s['best_step']} (in {Path(cfg.out) / BEST_DIR})" \
+            if s["best_step"] else ""
+        last = f"{s['last_val_loss']:.4f} (perplexity {s['last_perplexity']:.3f})" if s["last_perplexity"] else \
+            str(s["last_val_loss"])
+        print(f"{s['steps']} steps, {s['tokens']:,} tokens, {s['wall_seconds']:.1f} s; validation loss: last {last}"
+              f"{best}", file=err)
+    return 0
+
+
+# --- evaluate -------------------------------------------------------------------------------------------
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt2.evaluate FILE ... --model M`: each text file's tokens, NLL per token, perplexity,
+    bits/byte; each .jsonl task file's scores (score_task_file)."""
+    p = Parser(prog="minigpt2-evaluate", description="Perplexity and bits per byte of text files, or the scores "
+               "of .jsonl task files (NLL, exact match; accuracy for multiple choice), under GPT-2.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files, or .jsonl task files")
+    p.add_argument("--model", default="124M", help="124M, ..., or a model directory (default 124M)")
+    p.add_argument("--context", type=int, default=None, help="tokens the model reads per window (default n_ctx)")
+    p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default context // 2)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file: file, tokens, nll (per token), "
+                   "total_nll, perplexity, bits_per_byte, bytes; for a task file: file, examples, tokens, nll, "
+                   "perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
+    args = p.parse_args(argv)
+    err = sys.stderr
+    try:
+        texts = [read_task_file(f) if is_task_file(f) else read_text(f) for f in args.files]  # all good first
+        check_batch_size(args.batch_size)
+        model = GPT2.from_pretrained(args.model)
+        context, stride = check_windows(args.context, args.stride, model.config.n_ctx)  # before any scoring
+        tok = Tokenizer.from_pretrained(args.model)
+    except (OSError, ValueError, CheckpointError, DownloadError) as e:
+        return fail("minigpt2-evaluate", e)
+    for path, text in zip(args.files, texts):
+        if isinstance(text, list):  # a task file's rows
+            try:
+                scores = score_task_file(model, tok, text, args.batch_size, progress=True)
+            except (TaskFileError, ValueError) as e:
+                print(f"minigpt2-evaluate: error: {path} {e}", file=err)
+                return 2
+            if args.json:
+                print(json.dumps({"file": path, **scores}), flush=True)
+            elif "accuracy" in scores:
+                print(f"{path}: {scores['examples']} examples, accuracy {scores['accuracy']:.4f}, accuracy_norm "
+                      f"{scores['accuracy_norm']:.4f}", flush=True)
+            else:
+                print(f"{path}: {scores['examples']} examples, {scores['tokens']} scored tokens, NLL "
+                      f"{scores['nll']:.4f} nats/token, perplexity {scores['perplexity']:.3f}, exact match "
+                      f"{scores['exact_match']:.4f}", flush=True)
+            continue
+        score = evaluate(model, text=text, tokenizer=tok, context=context, stride=stride, batch_size=args.batch_size,
+                         progress=True)
+        if args.json:
+            print(json.dumps({"file": path, "tokens": score.tokens, "nll": score.nll_per_token, "total_nll": score.nll,
+                              "perplexity": score.perplexity, "bits_per_byte": score.bits_per_byte,
+                              "bytes": score.bytes}), flush=True)
+        else:
+            print(f"{path}: {score.tokens} tokens, NLL {score.nll_per_token:.4f} nats/token, perplexity "
+                  f"{score.perplexity:.3f}, {score.bits_per_byte:.4f} bits/byte", flush=True)
+    return 0
+
+
+# --- export ---------------------------------------------------------------------------------------------
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt2.export MODEL DEST`: write a model in Hugging Face's layout."""
+    p = Parser(prog="minigpt2-export", description="Write a model in Hugging Face's GPT-2 layout.")
+    p.add_argument("model", help="124M, ..., or a model directory (OpenAI, Hugging Face, minigpt2)")
+    p.add_argument("dest", help="the directory to write config.json, model.safetensors, vocab.json, merges.txt into")
+    p.add_argument("--overwrite", action="store_true", help="write even where another model is: other formats' "
+                   "files stay beside ours; a Hugging Face model minigpt2 did not export is replaced")
+    args = p.parse_args(argv)
+    try:
+        model = GPT2.from_pretrained(args.model)
+        try:
+            tok = Tokenizer.from_pretrained(args.model)
+        except FileNotFoundError:
+            tok = False  # a model saved without its vocabulary: the weights alone, said below
+            print(f"minigpt2-export: {args.model} holds no vocabulary; writing the weights alone", file=sys.stderr)
+        model.save(args.dest, tok, format="huggingface", overwrite=args.overwrite)
+    except OverwriteRefused as e:
+        print(f"minigpt2-export: error: {e.reason}. Export into another directory, or pass --overwrite to "
+              f"{e.overwrite_does}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, CheckpointError, DownloadError) as e:
+        print(f"minigpt2-export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.dest}", file=sys.stderr)
+    return 0

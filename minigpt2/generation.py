@@ -1,0 +1,120 @@
+"""prompt ids -> new ids, one at a time: the generation loop (model -> sample -> feed back).
+
+    model.generate(ids, 40, top_k=40, seed=0)      # GPT2.generate and GPT2.stream call this module
+
+Each step runs only the newest token through the model, reading the earlier positions' keys and values
+from the KV cache, and computes logits for that position alone.
+
+Context overflow: GPT-2 has learned positions 0 .. n_ctx-1 only. A prompt longer than n_ctx keeps its last
+n_ctx tokens. When prompt + new tokens fill the window, it slides: the last n_ctx // 2 tokens are encoded
+again from position 0 into a fresh cache and generation goes on from there. Positions are never reused or
+shifted inside a cache; the model simply forgets what slid out of the window.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import ArgumentError
+from .model import KVCache, check_ids, gpt2
+from .sample import apply_repetition_penalty, check_sampling_args, sample
+
+EOT_ID = 50256  # GPT-2's <|endoftext|>
+
+
+def default_eot_id(model) -> int | None:
+    """GPT-2's <|endoftext|> id if the model's vocabulary has room for it; a model trained on another
+    vocabulary is given its own (`Tokenizer.eot_id`) by the caller."""
+    return EOT_ID if model.config.n_vocab > EOT_ID else None
+
+
+def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+           stop_at_eot: bool = True, num_samples: int | None = None, eot_id: int | None = None,
+           ) -> Iterator[np.ndarray]:
+    """Yield new ids as they are made: an int array [] (one sample) or [num_samples] per step.
+
+    `model` is a GPT2 (anything with .config and .params). Stops after `max_new_tokens` steps, or when every
+    sample has produced the end-of-text id `eot_id` (default GPT-2's 50256) if `stop_at_eot`; a sample that
+    has finished keeps yielding it.
+    """
+    # every check happens here, so that bad arguments fail at the call rather than at the first step
+    check_generation_args(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                          repetition_penalty=repetition_penalty, seed=seed, num_samples=num_samples)
+    prompt = np.asarray(ids)
+    if prompt.ndim != 1 or prompt.size == 0:
+        raise ValueError(f"the prompt must be a non-empty 1-D sequence of ids, got shape {prompt.shape}")
+    check_ids(prompt[-model.config.n_ctx:], model.config, None)
+    outside = (prompt < 0) | (prompt >= model.config.n_vocab)  # every id, also those a long prompt drops
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"token id {prompt[i]} at prompt position {i} is outside the vocabulary "
+                         f"[0, {model.config.n_vocab})")
+    eot_id = default_eot_id(model) if eot_id is None else eot_id
+    if eot_id is not None and not 0 <= eot_id < model.config.n_vocab:
+        raise ValueError(f"eot_id {eot_id} is outside the vocabulary [0, {model.config.n_vocab})")
+    return _steps(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                  np.random.default_rng(seed), stop_at_eot and eot_id is not None, num_samples,
+                  -1 if eot_id is None else eot_id)
+
+
+def check_generation_args(max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                          top_p: float | None = None, repetition_penalty: float | None = None,
+                          seed: int | None = None, num_samples: int | None = None) -> None:
+    """Raise ArgumentError (a ValueError) naming the first argument of `stream` that is out of range."""
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ArgumentError("max_new_tokens", f"must be >= 0 (a whole number), got {max_new_tokens!r}")
+    if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
+        raise ArgumentError("num_samples", f"must be a positive integer or None, got {num_samples!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ArgumentError("seed", f"must be a non-negative integer or None, got {seed!r}")
+
+
+def _steps(model, prompt: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,
+           top_p: float | None, repetition_penalty: float | None, rng: np.random.Generator, stop_at_eot: bool,
+           num_samples: int | None, eot_id: int) -> Iterator[np.ndarray]:
+    """The loop itself (see `stream`)."""
+    n_ctx = model.config.n_ctx
+    batch = num_samples or 1
+    context = np.repeat(prompt[None, -n_ctx:], batch, axis=0)  # [B, T]: every sample's tokens so far
+    done = np.zeros(batch, dtype=bool)
+    cache, logits = prefill(model, context)  # logits [B, V]
+    for step in range(max_new_tokens):
+        if repetition_penalty not in (None, 1.0):
+            logits = np.stack([apply_repetition_penalty(row, ctx, repetition_penalty)
+                               for row, ctx in zip(logits, context)])
+        next_ids = sample(logits, rng, temperature, top_k, top_p)  # [B]
+        next_ids = np.where(done, eot_id, next_ids)
+        done |= stop_at_eot & (next_ids == eot_id)
+        yield next_ids if num_samples else next_ids[0]
+        if done.all() or step == max_new_tokens - 1:
+            return
+        context = np.concatenate([context, next_ids[:, None]], axis=1)  # [B, T+1]
+        if cache.length == n_ctx:  # the window is full: slide it
+            cache, logits = prefill(model, context[:, -(n_ctx // 2):])
+        else:
+            logits = gpt2(next_ids[:, None], model.params, model.config, cache)[:, -1]  # [B, 1] -> [B, V]
+
+
+def prefill(model, context: np.ndarray) -> tuple[KVCache, np.ndarray]:
+    """Run the prompt [B, T] (T <= n_ctx) into a fresh cache; return it and the last position's logits [B, V]."""
+    cache = KVCache(model.config, batch_size=context.shape[0])
+    logits = gpt2(context, model.params, model.config, cache, last_only=True)  # [B, 1, V]
+    return cache, logits[:, -1]
+
+
+def generate(model, ids, max_new_tokens: int, *, num_samples: int | None = None, progress: bool = False,
+             eot_id: int | None = None, **kwargs) -> list[int] | list[list[int]]:
+    """The new ids (without the prompt, and without the final <|endoftext|>): a list, or one per sample."""
+    steps = stream(model, ids, max_new_tokens, num_samples=num_samples, eot_id=eot_id, **kwargs)
+    rows = [np.atleast_1d(s) for s in tqdm(steps, total=max_new_tokens, desc="generating", unit="tok",
+                                           disable=not progress, leave=False)]
+    out = np.stack(rows, axis=1).tolist() if rows else [[] for _ in range(num_samples or 1)]  # [B, steps]
+    eot_id = default_eot_id(model) if eot_id is None else eot_id
+    if kwargs.get("stop_at_eot", True) and eot_id is not None:
+        out = [row[: row.index(eot_id)] if eot_id in row else row for row in out]
+    return out if num_samples else out[0]
