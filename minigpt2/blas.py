@@ -2,8 +2,8 @@
 
 NumPy's wheels ship OpenBLAS, which starts one thread per core and keeps them spinning for a while after
 each product. For the products of a large model that is the right choice; for a small one (n_embd 32-128) a
-product takes microseconds and the waiting threads cost more than they give, worst on a busy machine (seen:
-one [32 x 50257] @ [50257 x 32] product in 1.9 s with the default threads, 2 ms with one). The environment
+product takes microseconds and the waiting threads cost more than they give, worst on a busy machine (the
+measurements are in docs/performance.md). The environment
 variable OPENBLAS_NUM_THREADS only works before NumPy is imported; this module finds the OpenBLAS that
 NumPy loaded and calls its own openblas_set_num_threads (Linux; elsewhere it reports that it cannot).
 """

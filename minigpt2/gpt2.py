@@ -20,6 +20,7 @@ from .load import load_model
 from .model import KVCache, check_ids, gpt2, recorder
 from .params import Params, check_params, flatten, init_params
 from .save import save_converted, save_huggingface
+from .vocab import ENDOFTEXT
 
 
 class GPT2:
@@ -69,7 +70,7 @@ class GPT2:
             if tokenizer.n_vocab > self.config.n_vocab:
                 raise ValueError(f"the tokenizer has {tokenizer.n_vocab} ids but the model only "
                                  f"n_vocab = {self.config.n_vocab}; they do not belong together")
-            files, eot_id = tokenizer.files(), tokenizer.special_tokens.get("<|endoftext|>")
+            files, eot_id = tokenizer.files(), tokenizer.special_tokens.get(ENDOFTEXT)
         if format == "minigpt2":
             save_converted(self.config, self.params, path, files, overwrite=overwrite, progress=False)
         elif format == "huggingface":

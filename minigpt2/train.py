@@ -1,4 +1,4 @@
-"""text -> batches -> steps -> checkpoints: pre-training and fine-tuning GPT-2, and `python -m minigpt2.train`.
+"""text -> batches -> steps -> checkpoints: pre-training and fine-tuning GPT-2 (`python -m minigpt2.train`: cli.py).
 
     python -m minigpt2.train --data book.txt --out my-gpt2                     # fine-tune GPT-2 124M
     python -m minigpt2.train --data texts/ --out tiny --init scratch --n-layer 2 --n-head 4 --n-embd 128

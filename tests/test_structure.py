@@ -23,7 +23,7 @@ ALLOWED = {
     "load": {"files", "tf_checkpoint", "config", "download", "params", "safetensors", "save"},
     "sample": {"config", "ops"},
     "generation": {"config", "model", "sample"},
-    "gpt2": {"backward", "config", "generation", "load", "model", "params", "save"},
+    "gpt2": {"backward", "config", "generation", "load", "model", "params", "save", "vocab"},
     "optim": {"fast", "params"},
     "tasks": {"config", "files", "model", "params", "tokenizer", "vocab"},
     "evaluate": {"config", "files", "generation", "model", "ops", "tasks", "tokenizer", "vocab"},
