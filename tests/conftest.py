@@ -8,6 +8,8 @@ failure: in CI a reference test that did not run is not a pass.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,25 @@ def bucket(tiny_checkpoint, tmp_path, monkeypatch):
             server.files[f"/models/124M/{f}"] = (tiny_checkpoint / f).read_bytes()
         monkeypatch.setenv("MINIGPT2_BASE_URL", server.url)
         yield server
+
+
+@pytest.fixture(scope="module")
+def short_model():
+    """A small random GPT-2 with a short context (32) and weights large enough to make attention uneven."""
+    from minigpt2 import GPT2, GPT2Config
+
+    return GPT2.init(GPT2Config(n_vocab=300, n_ctx=32, n_embd=16, n_head=2, n_layer=2), seed=0, std=0.3)
+
+
+def run_module(*args, module="minigpt2.generate", **env):
+    """`python -m module args...` from the repository, its output captured, with extra environment variables."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONIOENCODING="utf-8", **env))
+
+
+def one_line_error(r, returncode=2) -> str:
+    """The one line a command printed for its error (and nothing more, no traceback), with its exit code."""
+    err = r.stderr.decode().strip()
+    assert r.returncode == returncode, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err

@@ -9,19 +9,27 @@ from minigpt2.params import flatten
 from .conftest import require
 
 
-def hf_state_dict(params) -> dict:
-    """minigpt2 params -> GPT2LMHeadModel state dict (HF's Conv1D keeps GPT-2's [in, out] weights)."""
-    torch = require("torch")
-    names = {"g": "weight", "b": "bias", "w": "weight"}
-    sd = {}
+def hf_name(name: str) -> tuple[str, bool]:
+    """Our flat parameter name -> (Hugging Face's name, whether HF stores it transposed: Conv1D's [n_in, n_out])."""
+    if name in ("wte", "wpe"):
+        return f"transformer.{name}.weight", False
+    *path, leaf = name.replace("blocks.", "h.").split(".")
+    return "transformer." + ".".join(path + [{"g": "weight", "b": "bias", "w": "weight"}[leaf]]), leaf == "w"
+
+
+def hf_named(params) -> dict:
+    """Our params as NumPy arrays under Hugging Face's names and in its layout."""
+    out = {}
     for name, a in flatten(params).items():
-        *path, leaf = name.replace("blocks.", "h.").split(".")
-        hf = "transformer." + ".".join(path + [names.get(leaf, leaf)])
-        if name in ("wte", "wpe"):
-            hf = f"transformer.{name}.weight"
-        if leaf == "w" and name not in ("wte", "wpe"):
-            a = a.T  # ours [n_out, n_in] -> HF's Conv1D [n_in, n_out]
-        sd[hf] = torch.from_numpy(np.array(a, dtype=np.float32))
+        hf, transposed = hf_name(name)
+        out[hf] = np.ascontiguousarray(a.T) if transposed else a
+    return out
+
+
+def hf_state_dict(params) -> dict:
+    """minigpt2 params -> GPT2LMHeadModel state dict (float32 torch tensors, the head tied to wte)."""
+    torch = require("torch")
+    sd = {k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in hf_named(params).items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     return sd
 
@@ -70,9 +78,23 @@ def torch_loss_and_grads(model, ids, targets, dtype="float64"):
     grads = {}
     hf_params = dict(hf.named_parameters())
     for name in flatten(model.params):
-        *path, leaf = name.replace("blocks.", "h.").split(".")
-        hf_name = f"transformer.{name}.weight" if name in ("wte", "wpe") else \
-            "transformer." + ".".join(path + [{"g": "weight", "b": "bias", "w": "weight"}[leaf]])
-        g = hf_params[hf_name].grad.numpy()
-        grads[name] = g.T if leaf == "w" and name not in ("wte", "wpe") else g  # Conv1D [in, out] -> ours
+        hf, transposed = hf_name(name)
+        g = hf_params[hf].grad.numpy()
+        grads[name] = g.T if transposed else g  # Conv1D [in, out] -> ours
     return loss.item(), grads
+
+
+DATA_FILE = "model.ckpt.data-00000-of-00001"  # the TensorFlow-written fixture's one data shard
+
+
+def assert_matches_reference(model, reference):
+    """`model`'s logits on the fixture's three prompts equal reference.npz (an independent converter's), to 1e-4."""
+    for i in range(3):
+        tokens = reference[f"tokens_{i}"]
+        logits = model(tokens)
+        assert logits.dtype == np.float32
+        np.testing.assert_allclose(logits[reference[f"positions_{i}"]], reference[f"logits_{i}"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(logits[:, reference["vocab_subset"]], reference[f"logits_sub_{i}"], atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(logits.argmax(-1), reference[f"argmax_{i}"])
+        lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+        np.testing.assert_allclose(lse, reference[f"logsumexp_{i}"], atol=1e-4, rtol=0)

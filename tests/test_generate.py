@@ -12,6 +12,8 @@ import pytest
 from minigpt2 import GPT2, GPT2Config, Tokenizer
 from minigpt2.sample import apply_repetition_penalty, sample, top_k_filter, top_p_filter
 
+from .conftest import one_line_error, run_module
+
 REPO = Path(__file__).resolve().parents[1]
 LOGITS = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, 3.0, 0.2, 1.2], dtype=np.float32)
 
@@ -339,3 +341,85 @@ def test_a_tiny_temperature_is_greedy_not_token_zero(tiny):
 def test_cli_tiny_temperature_is_greedy(tiny_checkpoint):
     args = ("Hello", "--model", str(tiny_checkpoint), "--max-new-tokens", "6", "--no-stop")
     assert run_cli(*args, "--temperature", "1e-45").stdout == run_cli(*args, "--temperature", "0").stdout
+
+
+@pytest.fixture(scope="module")
+def own_vocabulary_model(tmp_path_factory):
+    """A model on a vocabulary of its own, whose <|endoftext|> is id 262, biased to end after one token."""
+    tok = Tokenizer.train("to be or not to be " * 10, 263, progress=False)
+    assert tok.eot_id == tok.n_vocab - 1 != 50256
+    model = GPT2.init(GPT2Config(n_vocab=tok.n_vocab, n_ctx=32, n_embd=8, n_head=2, n_layer=1), seed=0)
+    model.params["wte"][tok.eot_id] = 5.0 * model.params["ln_f"]["g"]
+    model.params["ln_f"]["b"][:] = 1.0
+    path = tmp_path_factory.mktemp("own-vocab")
+    model.save(path, tok)
+    return model, tok, path
+
+
+def test_generation_stops_at_the_vocabularys_own_end_of_text(own_vocabulary_model):
+    model, tok, _ = own_vocabulary_model
+    full = model.generate([1, 2], 10, temperature=0, stop_at_eot=False, eot_id=tok.eot_id)
+    assert tok.eot_id in full
+    assert model.generate([1, 2], 10, temperature=0, eot_id=tok.eot_id) == full[: full.index(tok.eot_id)]
+    steps = list(model.stream([1, 2], 10, temperature=0, eot_id=tok.eot_id))
+    assert steps[-1] == tok.eot_id and len(steps) == full.index(tok.eot_id) + 1
+    assert len(model.generate([1, 2], 10, temperature=0)) == 10, "no id 50256 in this vocabulary: no stop"
+    with pytest.raises(ValueError, match="eot_id 50256 is outside the vocabulary"):
+        model.generate([1, 2], 3, eot_id=50256)
+
+
+def test_cli_on_a_model_with_its_own_vocabulary(own_vocabulary_model):
+    model, tok, path = own_vocabulary_model
+    r = run_module("", "--model", str(path), "--temperature", "0", "--max-new-tokens", "10")
+    assert r.returncode == 0, r.stderr.decode()
+    expected = model.generate([tok.eot_id], 10, temperature=0, eot_id=tok.eot_id)
+    assert r.stdout.decode() == tok.decode(expected) + "\n"
+
+
+@pytest.fixture(scope="module")
+def ending_model_dir(tmp_path_factory, vocab_dir):
+    """A model on GPT-2's vocabulary that ends its text after a few tokens, saved with that vocabulary."""
+    model = GPT2.init(GPT2Config(n_vocab=50257, n_ctx=32, n_embd=8, n_head=2, n_layer=1), seed=0)
+    model.params["wte"][50256] = 5.0 * model.params["ln_f"]["g"]
+    model.params["ln_f"]["b"][:] = 1.0
+    path = tmp_path_factory.mktemp("ending")
+    model.save(path, Tokenizer.from_dir(vocab_dir))
+    return path
+
+
+def test_cli_never_prints_the_end_of_text_token(ending_model_dir):
+    args = ("Hello", "--model", str(ending_model_dir), "--temperature", "0")
+    streamed, at_once = run_module(*args), run_module(*args, "--no-stream")
+    assert streamed.returncode == at_once.returncode == 0
+    assert "<|endoftext|>" not in streamed.stdout.decode()
+    assert streamed.stdout == at_once.stdout
+
+
+def test_bad_seed(short_model, tiny_checkpoint):
+    assert "--seed must be a non-negative integer" in one_line_error(run_module("Hi", "--model", str(tiny_checkpoint),
+                                                                             "--seed", "-1"))
+    for seed in (-1, 1.5, "7"):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            short_model.generate([1], 3, seed=seed)
+
+
+def test_cli_on_a_saved_model_without_a_vocabulary_uses_gpt2s_and_says_so(tmp_path, tiny_checkpoint, vocab_dir):
+    import shutil
+
+    cache = tmp_path / "cache"  # GPT-2's vocabulary in the cache, as a first download leaves it
+    (cache / "models" / "124M").mkdir(parents=True)
+    for f in ("encoder.json", "vocab.bpe"):
+        shutil.copyfile(vocab_dir / f, cache / "models" / "124M" / f)
+    GPT2.from_pretrained(tiny_checkpoint).save(tmp_path / "m")  # no tokenizer given
+    r = run_module("Hello", "--model", str(tmp_path / "m"), "--max-new-tokens", "3", "--seed", "0",
+                MINIGPT2_HOME=str(cache))
+    assert r.returncode == 0 and "holds no vocabulary; using GPT-2's" in r.stderr.decode()
+    with_vocab = tmp_path / "v"
+    GPT2.from_pretrained(tiny_checkpoint).save(with_vocab, Tokenizer.from_dir(vocab_dir))
+    r2 = run_module("Hello", "--model", str(with_vocab), "--max-new-tokens", "3", "--seed", "0")
+    assert r2.returncode == 0 and r2.stderr == b"" and r2.stdout == r.stdout
+
+
+def test_ids_a_long_prompt_drops_are_checked_too(short_model):
+    with pytest.raises(ValueError, match="token id -5 at prompt position 0 is outside the vocabulary"):
+        short_model.generate([-5] * 100 + [1] * 32, 3)

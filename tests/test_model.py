@@ -1,9 +1,10 @@
 """The NumPy forward pass, specified against Hugging Face transformers (eager attention, float32)."""
 
+
 import numpy as np
 import pytest
 
-from minigpt2 import GPT2, GPT2Config
+from minigpt2 import GPT2, GPT2Config, KVCache
 from minigpt2.params import flatten, unflatten
 
 from .reference import hf_forward, hf_model
@@ -283,3 +284,47 @@ def test_every_released_size_has_its_published_parameter_count(name, n_params):
     assert sum(int(np.prod(s)) for s in param_shapes(config).values()) == n_params
     assert config.n_vocab == 50257 and config.n_ctx == 1024 and config.n_embd % config.n_head == 0
     assert config.head_dim == 64
+
+
+def test_a_hook_that_forgets_to_return_is_named(short_model):
+    def zero_in_place(x):
+        x[...] = 0  # edits in place, returns nothing
+
+    for name in ("blocks.0.mlp.out", "logits", "blocks.0.attn.z"):
+        with pytest.raises(ValueError, match=f"hook for '{name}' returned None at activation '{name}'.*return x"):
+            short_model.run_with_activations([1, 2, 3], names=[], hooks={name: zero_in_place})
+
+
+def test_a_hook_that_changes_the_shape_is_named(short_model):
+    with pytest.raises(ValueError, match=r"hook for 'blocks.\*.attn.z' returned shape \(2, 3\) at activation "
+                                         r"'blocks.0.attn.z', which has shape \(2, 3, 8\)"):
+        short_model.run_with_activations([1, 2, 3], names=[], hooks={"blocks.*.attn.z": lambda z: z[..., 0]})
+    with pytest.raises(ValueError, match="logits"):
+        short_model.run_with_activations([1, 2, 3], names=[], hooks={"logits": lambda x: x[:, :10]})
+
+
+@pytest.mark.parametrize("names, hooks", [([], {"blocks.0.attn.Z": lambda x: x}), ([], {"blocks.7.*": lambda x: x}),
+                                          ("blocks.0.attn.patern", None), (["logits", "embeddings"], None)])
+def test_a_pattern_that_matches_nothing_is_an_error(short_model, names, hooks):
+    with pytest.raises(ValueError, match="matches no activation of this model"):
+        short_model.run_with_activations([1, 2, 3], names=names, hooks=hooks)
+
+
+@pytest.mark.parametrize("ids, message", [(np.zeros((0, 3), int), "B, T >= 1"), (np.zeros((2, 0), int), "B, T >= 1"),
+                                          (np.zeros(0, int), "B, T >= 1")])
+def test_empty_ids_are_named(short_model, ids, message):
+    with pytest.raises(ValueError, match=message):
+        short_model(ids)
+
+
+def test_cache_misuse_is_named(short_model):
+    other = GPT2Config(n_vocab=300, n_ctx=32, n_embd=16, n_head=4, n_layer=2)
+    with pytest.raises(ValueError, match="made for another model"):
+        short_model([1, 2], cache=KVCache(other))
+    for length in (-1, 33, 2.5):
+        cache = short_model.new_cache()
+        cache.length = length
+        with pytest.raises(ValueError, match=f"the cache's length is {length!r}"):
+            short_model([1], cache=cache)
+    with pytest.raises(ValueError, match="must be a KVCache"):
+        short_model([1], cache={"k": 0})

@@ -1,6 +1,7 @@
 """Saving a model: only minigpt2's own files are written, each atomically, and nothing else is ever lost."""
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -100,7 +101,6 @@ def failing_write_at(k):
 
 def failing_rename_at(k):
     """An os.replace that fails on its k-th call (0-based): the process died just before that rename."""
-    import os
 
     real = os.replace
     calls = []
@@ -212,3 +212,13 @@ def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path, tok, trained_tok
     with pytest.raises(ValueError, match=f"50257 ids but the model only n_vocab = {trained_tok.n_vocab}"):
         small.save(tmp_path, tok)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_and_load_round_trip(tmp_path):
+    from minigpt2 import GPT2Config
+
+    model = GPT2.init(GPT2Config(n_vocab=100, n_ctx=16, n_embd=8, n_head=2, n_layer=2), seed=0, std=0.3)
+    model.save(tmp_path / "m")
+    again = GPT2.from_pretrained(tmp_path / "m")
+    assert again.config == model.config
+    np.testing.assert_array_equal(again([1, 2, 3]), model([1, 2, 3]))

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -367,3 +368,57 @@ def test_training_counts_each_pair_as_often_as_its_words_occur():
 def test_training_equals_the_definition_on_random_corpora(pieces):
     text = "".join(pieces)
     assert Tokenizer.train(text, vocab_size=257 + 12, progress=False).merges == brute_force_merges(text, 12)
+
+
+@pytest.mark.parametrize("text, size, pattern", [
+    ("hello world", 257, None),  # no merges at all
+    ("a<|>b " * 50, 300, None),  # a learned token that looks like a special token
+    ("x=1;y=22;" * 30, 280, r"\d+|[a-z]+|."),  # a pattern of its own
+])
+def test_a_saved_tokenizer_reads_back_identical(tmp_path, text, size, pattern):
+    kwargs = {"pattern": pattern} if pattern else {}
+    tok = Tokenizer.train(text, size, progress=False, **kwargs)
+    tok.save(tmp_path)
+    again = Tokenizer.from_dir(tmp_path)
+    assert again.merges == tok.merges and again.special_tokens == tok.special_tokens
+    assert again.pattern == tok.pattern
+    for sample in (text, "a<|>b hello x=17; world", "<|endoftext|> x"):
+        assert again.encode(sample) == tok.encode(sample)
+        assert again.encode(sample, allowed_special="all") == tok.encode(sample, allowed_special="all")
+
+
+@pytest.mark.parametrize("ids", [iter([15496, 10**9]), (i for i in [-1]), [15496.0, True], [True],
+                                 np.array([15496.0]), [None]])
+def test_decode_has_one_rule_for_every_way_of_passing_ids(tok, ids):
+    with pytest.raises(ValueError, match="is not in the vocabulary"):
+        tok.decode(ids)
+
+
+def test_stream_decoder_rejects_bad_ids_the_same_way(tok):
+    decoder = tok.stream_decoder()
+    for bad in (10**9, 1.0, True, [5, -3]):
+        with pytest.raises(ValueError, match="is not in the vocabulary"):
+            decoder.push(bad)
+    assert decoder.push(np.int64(15496)) + decoder.push(np.array([995])) == "Hello world"
+
+
+def test_decode_accepts_every_integer_container(tok):
+    for ids in ([15496, 995], (15496, 995), np.array([15496, 995], dtype=np.int32), iter([15496, 995])):
+        assert tok.decode(ids) == "Hello world"
+
+
+def test_the_lone_surrogate_error_names_its_index_in_the_whole_text(tok):
+    with pytest.raises(ValueError, match="U\\+DC80 at index 15"):
+        tok.encode("ab<|endoftext|>\udc80", allowed_special="all")
+
+
+def test_explain_of_a_long_word_lists_its_merges_without_a_snapshot_each(tok):
+    word = "".join(np.random.default_rng(0).choice(list("abcdefghij"), 8000))
+    explanation = tok.explain(word)
+    (piece,) = explanation.pieces
+    assert explanation.ids == tok.encode(word)
+    assert len(piece.merges) == len(word) - len(piece.tokens), "one entry per merge"
+    assert all(parts is None for _, _, parts in piece.merges), "no O(n^2) snapshots"
+    assert "..." in str(explanation)
+    short = tok.explain("Hello world").pieces[1]
+    assert short.merges[-1][2] == [b" world"], "short words still show every step"
