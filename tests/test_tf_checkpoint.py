@@ -1,5 +1,5 @@
-"""OpenAI's TensorFlow checkpoints read without TensorFlow, specified against files written by real TensorFlow and logits
-computed by an independent converter (../shared/fixtures/tf-gpt2-tiny/reference.npz)."""
+"""OpenAI's TensorFlow checkpoints read without TensorFlow, specified against files written by real TensorFlow
+and logits computed by an independent converter (../shared/fixtures/tf-gpt2-tiny/reference.npz)."""
 
 from pathlib import Path
 
