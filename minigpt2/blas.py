@@ -65,7 +65,7 @@ def set_blas_threads(n: int) -> bool:
 SMALL_MODEL_WIDTH = 256  # n_embd at or below which one thread is the default for training
 
 
-def default_threads(n_embd: int) -> int:
+def default_threads(n_embd: int, processes: int = 1) -> int:
     """Threads for training a model of width `n_embd`: one for small models (their products are too short to
-    share), every core for the rest."""
-    return 1 if n_embd <= SMALL_MODEL_WIDTH else (os.cpu_count() or 1)
+    share), else the cores shared among the run's `processes` (MPI ranks on this machine)."""
+    return 1 if n_embd <= SMALL_MODEL_WIDTH else max(1, (os.cpu_count() or 1) // processes)

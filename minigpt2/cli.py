@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 
 from .config import ArgumentError
+from .distributed import World
+from .distributed import world as distributed_world
 from .download import DownloadError
 from .evaluate import (
     check_batch_size,
@@ -219,7 +221,21 @@ def train_main(argv: list[str] | None = None) -> int:
     changes = {k: args[k] for k in flags_given(argv)} if resume else None
     err = sys.stderr
     try:
-        model = train(cfg, resume=resume, changes=changes)
+        world = distributed_world()  # several processes when started by mpiexec, else one
+    except RuntimeError as e:
+        print(f"minigpt2-train: error: {e}", file=err)
+        return 2
+    code = train_run(cfg, resume, changes, world)
+    if code not in (0, 1, 130, 143) and world.size > 1:
+        world.abort(code)  # a rank that failed alone must not leave the others waiting in an all-reduce
+    return code
+
+
+def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World) -> int:
+    """Run `train` and turn its outcome into the lines rank 0 prints and an exit code."""
+    err = sys.stderr if world.is_main else open(os.devnull, "w")
+    try:
+        model = train(cfg, resume=resume, changes=changes, world=world)
     except KeyboardInterrupt as e:  # TrainingInterrupted after a checkpoint, or Ctrl-C before the run began
         signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
         step = run_state(Path(cfg.out)) if Path(cfg.out).is_dir() else None
@@ -231,10 +247,10 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"minigpt2-train: error: {e}", file=err)
         return 1
     except (TrainingError, OSError, ValueError, CheckpointError, DownloadError) as e:
-        print(f"minigpt2-train: error: {e}", file=err)
+        print(f"minigpt2-train: error: {e}", file=sys.stderr if world.is_main or world.size == 1 else err)
         return 2
     print(f"trained {model}; saved in {cfg.out}", file=err)
-    done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r]
+    done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r] if world.is_main else []
     if done:
         s = done[-1]
         best = f", best {s['best_val_loss']:.4f} at step {s['best_step']} (in {Path(cfg.out) / BEST_DIR})" \

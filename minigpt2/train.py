@@ -49,6 +49,8 @@ from tqdm import tqdm
 from .backward import loss, loss_and_grads
 from .blas import blas_threads, default_threads, set_blas_threads
 from .config import GPT2Config
+from .distributed import World
+from .distributed import world as distributed_world
 from .download import cache_dir
 from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .gpt2 import GPT2
@@ -449,6 +451,9 @@ def resumed_settings(saved: TrainConfig, changes: dict, out: Path, done: int) ->
             raise TrainingError(f"--{flag(k)} cannot change when resuming (the run has {getattr(saved, k)!r}; it fixes "
                                 f"the model or the batches); to change it, start a new run with --init {out}")
     cfg = dataclasses.replace(saved, **changed)
+    if "steps" in changed and "warmup_steps" not in changed and cfg.warmup_steps > cfg.steps:
+        raise TrainingError(f"--steps {cfg.steps} is shorter than the run's warmup ({cfg.warmup_steps} steps); give "
+                            f"--warmup-steps with it (at most {cfg.steps})")
     if cfg.steps < done:
         raise TrainingError(f"--steps {cfg.steps} is fewer than the {done} steps {out} has already taken")
     cfg.check()
@@ -477,20 +482,26 @@ def lock_run(out: Path):
     return f
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes: dict | None = None) -> GPT2:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes: dict | None = None,
+          world: World | None = None) -> GPT2:
     """Run (or, with `resume`, continue) the training `cfg` describes; return the trained model.
 
     With `resume`, only cfg.out is read: the run continues with its own settings, and `changes` ({field:
     value}) changes some (`CHANGEABLE`: steps extends the run; lr, dropout, ... retune it; data says where
     its data is now). Raises TrainingError for bad settings or data, TrainingDiverged if the loss stops being
     finite, and TrainingInterrupted (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C or SIGTERM.
+
+    `world` (distributed.py; default: from the MPI launcher, else one process) splits each step's batch over
+    its ranks; rank 0 alone prints, logs and writes.
     """
+    world = world or distributed_world()
+    progress = progress and world.is_main
     out = Path(cfg.out)
     lock = None
     if resume:
         if not out.is_dir() or run_state(out) is None:
             raise TrainingError(f"--resume: {out} holds no training run to continue")
-        lock = lock_run(out)
+        lock = lock_run(out) if world.is_main else None
         done = run_state(out)
         state_file = out / f"optimizer-{done}.safetensors"
         if not state_file.is_file():
@@ -518,15 +529,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
         if out.exists() and not out.is_dir():
             raise TrainingError(f"--out {out} is a file, not a directory")
         refuse_existing_run(out)
-        lock = lock_run(out) if out.is_dir() else None
+        lock = lock_run(out) if out.is_dir() and world.is_main else None
         cfg, config, params, tok = starting_model(cfg, progress)
         opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # the text windows
-        drop_rng = np.random.default_rng([cfg.seed, 3])  # the dropout masks
+        drop_rng = np.random.default_rng([cfg.seed, 3, world.rank])  # the dropout masks (each rank its own)
         start = 0
     data = load_data(cfg, tok, progress)  # the data is known good before anything is written
     validate = validator(data, cfg, params, config, progress)
-    if resume:
+    if not world.is_main:
+        pass  # the other ranks read the run's files; rank 0 alone writes them
+    elif resume:
         truncate_log(out, done)
         if changed:
             append_log(out, {"step": done, "resumed": changed})
@@ -536,13 +549,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
         refuse_existing_run(out)  # again, under the lock: a run started at the same instant may have begun
     generators = {"rng": rng, "dropout_rng": drop_rng}
     threads_before = blas_threads()
-    set_blas_threads(cfg.threads or default_threads(config.n_embd))
+    set_blas_threads(cfg.threads or default_threads(config.n_embd, world.size))
     try:
-        return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress)
+        return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress,
+                         world)
     finally:
         if threads_before is not None:
             set_blas_threads(threads_before)
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def refuse_existing_run(out: Path) -> None:
@@ -555,14 +570,26 @@ def refuse_existing_run(out: Path) -> None:
 
 
 def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT2Config, params: Params,
-              tok: Tokenizer, opt: AdamW, generators: dict, data, validate, progress: bool) -> GPT2:
-    """The training loop proper: steps start + 1 .. cfg.steps, validating, logging and checkpointing."""
+              tok: Tokenizer, opt: AdamW, generators: dict, data, validate, progress: bool,
+              world: World) -> GPT2:
+    """The training loop proper: steps start + 1 .. cfg.steps, validating, logging and checkpointing (rank 0)."""
     drop_rng = generators["dropout_rng"]
     rng = generators["rng"]
+    main = world.is_main
     began = time.perf_counter()
+
+    def log(record: dict) -> None:
+        if main:
+            append_log(out, record)
+
+    def checkpoint(n: int) -> None:
+        if main:
+            save_checkpoint(out, n, config, params, tok, opt, generators, cfg)
+
     if not resume:
-        save_checkpoint(out, 0, config, params, tok, opt, generators, cfg)  # the run exists from the first instant
-        append_log(out, {"step": 0, "val_loss": validate()})
+        checkpoint(0)  # the run exists from the first instant
+        if main:
+            log({"step": 0, "val_loss": validate()})
     best = best_so_far(out)
     last_saved = start
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
@@ -573,10 +600,11 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             t0 = time.perf_counter()
             lr = learning_rate(step, cfg.peak_lr, cfg.warmup, cfg.steps, cfg.min_lr)
             try:
-                with stop.abandonable():
+                # under MPI a step is never dropped half-way (the other ranks would wait for it): it ends first
+                with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
                     batches = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * grad_accum
                     step_loss, grads = step_gradient(batches, isinstance(data, TaskData), params, config,
-                                                     cfg.dropout, drop_rng)
+                                                     cfg.dropout, drop_rng, world)
             except StepAbandoned:
                 for k, g in generators.items():
                     g.bit_generator.state = states_before[k]
@@ -594,10 +622,10 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             record = {"step": n, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
             if isinstance(data, TaskData):
                 record["epoch"] = n * cfg.batch_size * cfg.grad_accum / len(data.train)
-            append_log(out, record)
+            log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
-            if n % cfg.eval_every == 0 or n == cfg.steps:
+            if main and (n % cfg.eval_every == 0 or n == cfg.steps):
                 try:
                     with stop.abandonable():
                         val_loss = validate()
@@ -610,22 +638,23 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
                                        metadata={"best_step": str(n), "val_loss": repr(val_loss)})
                 except StepAbandoned:
                     pass  # the step is complete; only its validation is dropped
-            if cfg.sample_every and n % cfg.sample_every == 0:
+            if main and cfg.sample_every and n % cfg.sample_every == 0:
                 text = sample_text(GPT2(config, params), tok, cfg.prompt, cfg.sample_tokens, seed=cfg.seed + n)
                 append_log(out, {"step": n, "sample": text})
                 if progress:
                     bar.write(f"step {n} sample: {cfg.prompt}{text}", file=sys.stderr)
             if n % cfg.save_every == 0 or n == cfg.steps:
-                save_checkpoint(out, n, config, params, tok, opt, generators, cfg)
+                checkpoint(n)
                 last_saved = n
-            if stop.requested:
+            if world.any(stop.requested):  # every rank stops after the same step
+                stop.requested = True
                 break
         if stop.requested:
             if last_saved != completed:
-                save_checkpoint(out, completed, config, params, tok, opt, generators, cfg)
-            raise TrainingInterrupted(stop.signum)
-    if completed > start:
-        append_log(out, {"step": completed, "summary": summary(out, cfg, data, time.perf_counter() - began)})
+                checkpoint(completed)
+            raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+    if completed > start and main:
+        log({"step": completed, "summary": summary(out, cfg, data, time.perf_counter() - began)})
     return GPT2(config, params)
 
 
@@ -678,25 +707,41 @@ def read_log_records(out: Path) -> list[dict]:
 
 def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
                   config: GPT2Config, dropout: float = 0.0, drop_rng: np.random.Generator | None = None,
-                  ) -> tuple[float, Params]:
+                  world: World | None = None) -> tuple[float, Params]:
     """(loss, gradient) of one step over its micro-batches: the mean over every scored token of all of them
     (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
-    means (text: every window scores all of its tokens, so the two are the same)."""
+    means (text: every window scores all of its tokens, so the two are the same).
+
+    With a `world` of several ranks, each rank takes its share of every micro-batch's rows, and the sums of
+    the shares' token-weighted losses, gradients and token counts are all-reduced (distributed.py)."""
+    world = world or World()
+    if world.size > 1:
+        batches = [(x[world.share(len(x))], y[world.share(len(y))]) for x, y in batches]  # this rank's rows
+        by_tokens = True
     weights = [int((y >= 0).sum()) for _, y in batches] if by_tokens else [1] * len(batches)
-    total = sum(weights)
-    step_loss, grads = 0.0, None
+    loss_sum, grads = 0.0, None
     for (x, y), w in zip(batches, weights):
+        if w == 0:
+            continue  # an empty share (fewer rows than ranks), or nothing scored
         drop = Dropout(dropout, drop_rng) if dropout > 0 else None
         micro_loss, micro_grads = loss_and_grads(x, y, params, config, drop)
-        step_loss += micro_loss * w / total
+        loss_sum += micro_loss * w
         if w != 1:
             for g in flatten(micro_grads).values():
                 g *= w  # the micro-batch's sum over its scored tokens
         grads = micro_grads if grads is None else add_into(grads, micro_grads)
+    if grads is None:
+        grads = unflatten({k: np.zeros_like(v) for k, v in flatten(params).items()})
+    total = sum(weights)
+    if world.size > 1:
+        sums = np.array([loss_sum, total], dtype=np.float64)
+        world.sum_(list(flatten(grads).values()))  # one all-reduce of every gradient, 4 bytes per parameter
+        world.sum_([sums])
+        loss_sum, total = float(sums[0]), int(sums[1])
     if total > 1:
         for g in flatten(grads).values():
             g *= 1.0 / total  # the mean over the step's scored tokens (or micro-batches)
-    return step_loss, grads
+    return loss_sum / total, grads
 
 
 def step_examples(data: TaskData, cfg: TrainConfig, step: int) -> list[Example]:
