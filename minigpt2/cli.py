@@ -39,6 +39,7 @@ from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
 from .train import (
     BEST_DIR,
+    OtherRankFailed,
     TrainConfig,
     TrainingDiverged,
     TrainingError,
@@ -225,14 +226,15 @@ def train_main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"minigpt2-train: error: {e}", file=err)
         return 2
-    code = train_run(cfg, resume, changes, world)
-    if code not in (0, 1, 130, 143) and world.size > 1:
+    code, error = train_run(cfg, resume, changes, world)
+    if world.size > 1 and error is not None and not getattr(error, "everywhere", False):
         world.abort(code)  # a rank that failed alone must not leave the others waiting in an all-reduce
     return code
 
 
-def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World) -> int:
-    """Run `train` and turn its outcome into the lines rank 0 prints and an exit code."""
+def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World) -> tuple[int, Exception | None]:
+    """Run `train`; (exit code, the error if any), with the lines rank 0 prints (another rank prints an error
+    only if it is its own)."""
     err = sys.stderr if world.is_main else open(os.devnull, "w")
     try:
         model = train(cfg, resume=resume, changes=changes, world=world)
@@ -242,13 +244,14 @@ def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World
         where = "nothing was saved" if step is None else \
             f"the last checkpoint (step {step}) is in {cfg.out} (continue with --resume)"
         print(f"minigpt2-train: stopped by {signal.Signals(signum).name}; {where}", file=err)
-        return 128 + signum
+        return 128 + signum, None
     except TrainingDiverged as e:
         print(f"minigpt2-train: error: {e}", file=err)
-        return 1
+        return 1, None
     except (TrainingError, OSError, ValueError, CheckpointError, DownloadError) as e:
-        print(f"minigpt2-train: error: {e}", file=sys.stderr if world.is_main or world.size == 1 else err)
-        return 2
+        own = world.is_main or not (getattr(e, "everywhere", False) or isinstance(e, OtherRankFailed))
+        print(f"minigpt2-train: error: {e}", file=sys.stderr if own else err)
+        return 2, e
     print(f"trained {model}; saved in {cfg.out}", file=err)
     done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r] if world.is_main else []
     if done:
@@ -259,7 +262,7 @@ def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World
             str(s["last_val_loss"])
         print(f"{s['steps']} steps, {s['tokens']:,} tokens, {s['wall_seconds']:.1f} s; validation loss: last {last}"
               f"{best}", file=err)
-    return 0
+    return 0, None
 
 
 # --- evaluate -------------------------------------------------------------------------------------------

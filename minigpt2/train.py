@@ -81,6 +81,10 @@ class TrainingError(ValueError):
     """Bad settings or data for a run; the message names the flag or the file."""
 
 
+class OtherRankFailed(TrainingError):
+    """Under MPI, another rank could not start the run; that rank's error is the one to read."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite; the last good checkpoint is kept."""
 
@@ -496,6 +500,33 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
     """
     world = world or distributed_world()
     progress = progress and world.is_main
+    try:
+        prepared = prepare_run(cfg, resume, progress, changes, world)
+        failed = None
+    except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
+        prepared, failed = None, e
+    if world.size > 1 and world.any(failed is not None):  # every rank starts, or none does
+        if failed is None:
+            failed = OtherRankFailed("another rank could not start the run (rank 0 says why)")
+        failed.everywhere = True
+    if failed is not None:
+        raise failed
+    cfg, out, start, config, params, tok, opt, generators, data, validate, lock = prepared
+    threads_before = blas_threads()
+    set_blas_threads(cfg.threads or default_threads(config.n_embd, world.size))
+    try:
+        return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress,
+                         world)
+    finally:
+        if threads_before is not None:
+            set_blas_threads(threads_before)
+        if lock is not None:
+            lock.close()
+
+
+def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | None, world: World) -> tuple:
+    """Everything a run needs before its first step: the settings, the model, the optimizer, the generators,
+    the data and the validation (TrainingError for anything wrong, before anything is written)."""
     out = Path(cfg.out)
     lock = None
     if resume:
@@ -548,16 +579,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
         lock = lock or lock_run(out)
         refuse_existing_run(out)  # again, under the lock: a run started at the same instant may have begun
     generators = {"rng": rng, "dropout_rng": drop_rng}
-    threads_before = blas_threads()
-    set_blas_threads(cfg.threads or default_threads(config.n_embd, world.size))
-    try:
-        return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress,
-                         world)
-    finally:
-        if threads_before is not None:
-            set_blas_threads(threads_before)
-        if lock is not None:
-            lock.close()
+    return cfg, out, start, config, params, tok, opt, generators, data, validate, lock
 
 
 def refuse_existing_run(out: Path) -> None:

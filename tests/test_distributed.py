@@ -162,3 +162,11 @@ class FakeWorld(World):
     def __init__(self, rank, size):
         super().__init__()
         self.rank, self.size = rank, size
+
+
+def test_bad_settings_under_two_ranks_exit_2_with_one_line_and_no_abort(data, tmp_path):
+    r = subprocess.run(train_cmd(2, *run_args(data, tmp_path / "bad", "train.txt"), "--lr", "-1"),
+                       capture_output=True, cwd=REPO, timeout=120)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 2 and err.splitlines() == ["minigpt2-train: error: --lr must be a positive number, got -1.0"]
+    assert not (tmp_path / "bad").exists()
