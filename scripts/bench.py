@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,9 @@ def parse_args():
     p.add_argument("--only-tasks", action="store_true", help="only the task rows: scoring a 1,000-example choice "
                    "file, and a task-file training step against a text step of the same tokens")
     p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
+    p.add_argument("--mpi", action="store_true", help="add the data-parallel training rows: --ranks processes of "
+                   "one BLAS thread each under mpiexec (pip install 'minigpt2[mpi]')")
+    p.add_argument("--ranks", type=int, default=2, help="MPI ranks for the --mpi rows (default 2)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p.parse_args()
 
@@ -219,12 +223,14 @@ from minigpt2 import GPT2, GPT2Config
 model = GPT2.init(GPT2Config.from_name({size!r}), seed=0)
 rng = np.random.default_rng(0)
 x = rng.integers(0, 50257, (B, T)); y = rng.integers(0, 50257, (B, T))
-if side == "minigpt2":
-    from minigpt2.backward import loss_and_grads
+if side in ("minigpt2", "mpi"):
+    from minigpt2.distributed import world
     from minigpt2.optim import AdamW, clip_grad_norm
+    from minigpt2.train import step_gradient
+    w = world()  # under mpiexec: each rank takes its share of the rows, one all-reduce per step
     opt = AdamW(model.params, lr=1e-4)
     def step():
-        loss, grads = loss_and_grads(x, y, model.params, model.config)
+        loss, grads = step_gradient([(x, y)], False, model.params, model.config, world=w)  # as a text step
         clip_grad_norm(grads, 1.0)
         opt.step(grads)
 else:
@@ -249,7 +255,8 @@ else:
 times = []
 for _ in range(steps):
     t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
-print(json.dumps({{"times": times[1:], "peak_rss": peak_rss()}}))
+if side != "mpi" or w.rank == 0:
+    print(json.dumps({{"times": times[1:], "peak_rss": peak_rss()}}))
 """
 
 
@@ -257,11 +264,20 @@ def train_in_process(side: str, B: int, T: int, steps: int, size: str | None = N
     """Step times (after a first, untimed step) and peak RSS of one side, in a fresh process."""
     code = TRAIN_STEP.format(repo=str(REPO), B=B, T=T, steps=steps + 1, side=side, size=size or ARGS.size,
                              threads=ARGS.threads)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(ARGS.threads), OMP_NUM_THREADS=str(ARGS.threads))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    threads = 1 if side == "mpi" else ARGS.threads  # two ranks of one thread each, on the same cores
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    launch = [mpiexec(), "-n", str(ARGS.ranks)] if side == "mpi" else []
+    out = subprocess.run([*launch, sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mpiexec() -> str:
+    path = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
+    if not Path(path).is_file():
+        sys.exit("the MPI rows need mpiexec: pip install 'minigpt2[mpi]'")
+    return path
 
 
 def matmul_bound(config: GPT2Config, B: int, T: int, reps: int = 3) -> float:
@@ -298,6 +314,8 @@ def measure_training(config: GPT2Config, rows: list, results: dict) -> None:
         B, T = (int(v) for v in shape.split("x"))
         steps = max(2, ARGS.reps)
         runs = {"minigpt2": [], "transformers": []}
+        if ARGS.mpi:
+            runs["mpi"] = []
         for _ in range(2):  # alternate the fresh processes: A B A B
             for side in runs:
                 runs[side].append(train_in_process(side, B, T, steps))
@@ -309,6 +327,15 @@ def measure_training(config: GPT2Config, rows: list, results: dict) -> None:
                                      "share_of_bound": ours["median"] / bound, "peak_rss": rss,
                                      "target_share_of_bound": TRAIN_TARGET * ref["median"] / bound}
         rows.append((f"train step tokens/s ({B} x {T})", ours, ref, f">= {TRAIN_TARGET}x"))
+        if ARGS.mpi:
+            mpi = rate(B * T, times["mpi"])
+            results[f"train_{shape}"]["mpi"] = mpi
+            rows.append((f"train step tokens/s, {ARGS.ranks} ranks x 1 thread vs 1 process ({B} x {T})", mpi, ours,
+                         ">= 1.15x"))
+            rows.append((f"train step tokens/s, {ARGS.ranks} ranks x 1 thread vs transformers ({B} x {T})", mpi, ref,
+                         ""))
+            rows.append((f"train peak RSS MB per rank ({ARGS.ranks} ranks, {B} x {T})", one_value(rss["mpi"] / 1e6),
+                         one_value(rss["minigpt2"] / 1e6), ""))
         rows.append((f"train step vs matmul bound ({B} x {T})", ours, one_value(bound), ">= 0.6x"))
         mine, theirs = rss["minigpt2"] / 1e6, rss["transformers"] / 1e6
         rows.append((f"train peak RSS MB ({B} x {T}; lower is better)", one_value(mine), one_value(theirs),
