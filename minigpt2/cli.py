@@ -14,6 +14,7 @@ run was stopped by one (130 Ctrl-C, 143 SIGTERM).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -235,7 +236,7 @@ def train_main(argv: list[str] | None = None) -> int:
 def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World) -> tuple[int, Exception | None]:
     """Run `train`; (exit code, the error if any), with the lines rank 0 prints (another rank prints an error
     only if it is its own)."""
-    err = sys.stderr if world.is_main else open(os.devnull, "w")
+    err = sys.stderr if world.is_main else io.StringIO()  # the other ranks' lines go nowhere
     try:
         model = train(cfg, resume=resume, changes=changes, world=world)
     except KeyboardInterrupt as e:  # TrainingInterrupted after a checkpoint, or Ctrl-C before the run began

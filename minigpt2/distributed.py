@@ -44,17 +44,14 @@ class World:
         return slice(start, start + base + (self.rank < extra))
 
     def sum_(self, arrays: list[np.ndarray]) -> None:
-        """Replace each array by its sum over the ranks, in place (one all-reduce over one flat buffer)."""
+        """Replace each (contiguous) array by its sum over the ranks, in place: no copy of the gradient."""
         if self.comm is None:
             return
         from mpi4py import MPI
 
-        flat = np.concatenate([a.reshape(-1) for a in arrays]) if len(arrays) > 1 else arrays[0].reshape(-1).copy()
-        self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-        at = 0
         for a in arrays:
-            a.reshape(-1)[...] = flat[at : at + a.size]
-            at += a.size
+            assert a.flags.c_contiguous, f"an all-reduce needs a contiguous array, got strides {a.strides}"
+            self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
 
     def any(self, flag: bool) -> bool:
         """Whether `flag` is true on any rank (every rank gets the same answer)."""

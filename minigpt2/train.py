@@ -530,10 +530,10 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
     out = Path(cfg.out)
     lock = None
     if resume:
-        if not out.is_dir() or run_state(out) is None:
+        done = run_state(out) if out.is_dir() else None
+        if done is None:
             raise TrainingError(f"--resume: {out} holds no training run to continue")
         lock = lock_run(out) if world.is_main else None
-        done = run_state(out)
         state_file = out / f"optimizer-{done}.safetensors"
         if not state_file.is_file():
             raise TrainingError(f"--resume: {out} has the model of step {done} but not its optimizer state "
@@ -551,8 +551,10 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         opt.weight_decay = cfg.weight_decay  # as the settings say now
         rng, drop_rng = np.random.default_rng(), np.random.default_rng()
         rng.bit_generator.state = json.loads(meta["rng"])
-        drop_rng.bit_generator.state = json.loads(meta.get("dropout_rng", json.dumps(
-            np.random.default_rng([cfg.seed, 3]).bit_generator.state)))
+        if "dropout_rng" in meta:  # saved since dropout exists; an older run starts its masks afresh
+            drop_rng.bit_generator.state = json.loads(meta["dropout_rng"])
+        else:
+            drop_rng = dropout_generator(cfg.seed, world.rank)
         start = done
     else:
         cfg.check()
@@ -564,22 +566,25 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         cfg, config, params, tok = starting_model(cfg, progress)
         opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # the text windows
-        drop_rng = np.random.default_rng([cfg.seed, 3, world.rank])  # the dropout masks (each rank its own)
+        drop_rng = dropout_generator(cfg.seed, world.rank)
         start = 0
     data = load_data(cfg, tok, progress)  # the data is known good before anything is written
     validate = validator(data, cfg, params, config, progress)
-    if not world.is_main:
-        pass  # the other ranks read the run's files; rank 0 alone writes them
-    elif resume:
+    if world.is_main and resume:  # the other ranks read the run's files; rank 0 alone writes them
         truncate_log(out, done)
         if changed:
             append_log(out, {"step": done, "resumed": changed})
-    else:
+    elif world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         lock = lock or lock_run(out)
         refuse_existing_run(out)  # again, under the lock: a run started at the same instant may have begun
     generators = {"rng": rng, "dropout_rng": drop_rng}
     return cfg, out, start, config, params, tok, opt, generators, data, validate, lock
+
+
+def dropout_generator(seed: int, rank: int) -> np.random.Generator:
+    """The generator of a run's dropout masks, apart from its batches' (each MPI rank its own)."""
+    return np.random.default_rng([seed, 3, rank])
 
 
 def refuse_existing_run(out: Path) -> None:
@@ -624,7 +629,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             try:
                 # under MPI a step is never dropped half-way (the other ranks would wait for it): it ends first
                 with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
-                    batches = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * grad_accum
+                    batches, tokens = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * accum
                     step_loss, grads = step_gradient(batches, isinstance(data, TaskData), params, config,
                                                      cfg.dropout, drop_rng, world)
             except StepAbandoned:
@@ -639,8 +644,6 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             opt.step(grads, lr)
             completed = n = step + 1
             seconds = time.perf_counter() - t0
-            tokens = sum(int(x.size) for x, _ in batches) if isinstance(data, TextData) else \
-                sum(len(e.tokens) - 1 for e in step_examples(data, cfg, step))  # padding not counted
             record = {"step": n, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
             if isinstance(data, TaskData):
                 record["epoch"] = n * cfg.batch_size * cfg.grad_accum / len(data.train)
@@ -757,7 +760,7 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
     total = sum(weights)
     if world.size > 1:
         sums = np.array([loss_sum, total], dtype=np.float64)
-        world.sum_(list(flatten(grads).values()))  # one all-reduce of every gradient, 4 bytes per parameter
+        world.sum_(list(flatten(grads).values()))  # an all-reduce per tensor, 4 bytes per parameter in all
         world.sum_([sums])
         loss_sum, total = float(sums[0]), int(sums[1])
     if total > 1:
@@ -773,13 +776,16 @@ def step_examples(data: TaskData, cfg: TrainConfig, step: int) -> list[Example]:
 
 
 def step_batches(data: TextData | TaskData, cfg: TrainConfig, step: int, rng: np.random.Generator,
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The step's grad_accum micro-batches (inputs [B, T], targets [B, T]): random windows of the text, or the
-    next examples of the epoch (task files: right-padded, the prompt and padding with target -1)."""
+                 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """(the step's grad_accum micro-batches (inputs [B, T], targets [B, T]), the tokens they hold, padding not
+    counted): random windows of the text, or the next examples of the epoch (task files: right-padded, the
+    prompt and padding with target -1)."""
     if isinstance(data, TextData):
-        return [random_windows(data.train, cfg.block_size, cfg.batch_size, rng) for _ in range(cfg.grad_accum)]
+        batches = [random_windows(data.train, cfg.block_size, cfg.batch_size, rng) for _ in range(cfg.grad_accum)]
+        return batches, sum(int(x.size) for x, _ in batches)
     examples = step_examples(data, cfg, step)
-    return [pad_batch(examples[i : i + cfg.batch_size]) for i in range(0, len(examples), cfg.batch_size)]
+    batches = [pad_batch(examples[i : i + cfg.batch_size]) for i in range(0, len(examples), cfg.batch_size)]
+    return batches, sum(len(e.tokens) - 1 for e in examples)
 
 
 def validator(data: TextData | TaskData, cfg: TrainConfig, params: Params, config: GPT2Config, progress: bool):
