@@ -76,12 +76,12 @@ def check_targets(targets, ids: np.ndarray, n_vocab: int) -> np.ndarray:
 
 
 def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
-                     ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+                     grad_scale: float = 1.0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Mean cross-entropy of the tied head's logits h @ wte.T: h [..., T, C], targets [..., T] ->
     (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `backward`. Only the N rows with a
-    target go through the head."""
+    target go through the head. The gradients are those of grad_scale x loss (the seed of the backward)."""
     if fast.enabled():
-        return fast.lm_head_and_loss(h, wte, targets, backward)  # chunks of rows, one logits buffer
+        return fast.lm_head_and_loss(h, wte, targets, backward, grad_scale)  # chunks of rows, one logits buffer
     C = h.shape[-1]
     h2, t2 = h.reshape(-1, C), targets.reshape(-1)  # [B*T, C], [B*T]
     rows = np.flatnonzero(t2 >= 0)  # [N] positions that are scored
@@ -91,7 +91,7 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
     loss = float(nll.sum(dtype=np.float64)) / len(rows)
     if not backward:
         return loss, None, None
-    dlogits = cross_entropy_backward(np.full(len(rows), 1.0 / len(rows), dtype=h.dtype), probs, t)  # [N, V]
+    dlogits = cross_entropy_backward(np.full(len(rows), grad_scale / len(rows), dtype=h.dtype), probs, t)  # [N, V]
     dx, dwte, _ = linear_backward(dlogits, x, wte)  # [N, C], [V, C]
     dh = np.zeros_like(h2)  # [B*T, C]: unscored positions get no gradient
     dh[rows] = dx
@@ -222,12 +222,13 @@ def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2C
 
 
 def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config,
-                   dropout: Dropout | None = None) -> tuple[float, Params]:
+                   dropout: Dropout | None = None, grad_scale: float = 1.0) -> tuple[float, Params]:
     """(mean cross-entropy, grads with the structure, shapes and dtype of params). ids, targets [T] or [B, T].
     With `dropout` (a model.Dropout), the forward drops as GPT-2 does in training and the backward uses the
-    same masks: the exact gradient of the loss for the masks drawn."""
+    same masks: the exact gradient of the loss for the masks drawn. The grads are those of grad_scale x the
+    loss: a micro-batch's share of a larger mean costs no extra pass over the gradient (train.step_gradient)."""
     h, acts = forward_for_backward(ids, params, config, dropout)  # [..., T, C]
-    loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets)
+    loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets, grad_scale=grad_scale)
     del h  # [..., T, C]: no longer needed
     return loss, gpt2_backward(dh, ids, params, config, acts, dwte_head, dropout)
 

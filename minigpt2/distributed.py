@@ -3,8 +3,8 @@
 Every rank draws the step's whole batch exactly as one process would (the same seeded generator, the same
 task-file order), computes the gradient of its share of the rows, and an all-reduce sums the shares:
 
-    rank r:  g_r = sum over its rows' scored tokens of d(-log P)/d params,   n_r = its scored tokens
-    all:     g = (g_0 + ... + g_{N-1}) / (n_0 + ... + n_{N-1})      (MPI_Allreduce, SUM, in place)
+    rank r:  g_r = sum over its rows' scored tokens of d(-log P)/d params / n,   n = the step's scored tokens
+    all:     g = g_0 + ... + g_{N-1}                                  (MPI_Allreduce, SUM, in place)
 
 so the step's gradient is the mean over all its scored tokens, as in one process, up to the order of float32
 additions; then every rank takes the same AdamW step and the ranks' weights stay identical. 4 bytes per

@@ -212,7 +212,7 @@ HEAD_ROWS = 512  # rows of logits made at a time in the LM head: 103 MB at V = 5
 
 
 def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
-                     ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+                     grad_scale: float = 1.0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Replaces backward.lm_head_and_loss: only rows with a target go through the head, HEAD_ROWS at a time,
     into one reused [HEAD_ROWS, V] buffer whose softmax and gradient are made in place; dwte is accumulated
     into one [V, C] array. At most one [HEAD_ROWS, V] array is alive, never [B*T, V]."""
@@ -237,7 +237,7 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
         if backward:
             z *= 1.0 / sums  # softmax(logits)
             z[np.arange(len(t)), t] -= 1.0
-            z *= np.full((len(t), 1), 1.0 / n, dtype=z.dtype)  # (softmax - onehot) / n: d loss / d logits
+            z *= np.full((len(t), 1), grad_scale / n, dtype=z.dtype)  # (softmax - onehot) / n: d loss / d logits
             dh[r] = z @ wte  # [n, C]
             if i == 0:
                 np.matmul(z.T, x, out=dwte)  # [V, C]

@@ -737,35 +737,32 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
     (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
     means (text: every window scores all of its tokens, so the two are the same).
 
-    With a `world` of several ranks, each rank takes its share of every micro-batch's rows, and the sums of
-    the shares' token-weighted losses, gradients and token counts are all-reduced (distributed.py)."""
+    Each micro-batch's gradient comes out of the backward already weighted by its share of the step's scored
+    tokens (grad_scale = its tokens / the step's), so the sum of them is the step's gradient with no pass to
+    rescale it. With a `world` of several ranks, each rank takes its share of every micro-batch's rows (it
+    drew the whole batch, so it knows the step's token count), and the shares' gradients and token-weighted
+    losses are all-reduced (distributed.py)."""
     world = world or World()
+    by_tokens = by_tokens or world.size > 1  # a rank's share of a micro-batch counts by its tokens
+    total = sum(int((y >= 0).sum()) for _, y in batches) if by_tokens else len(batches)  # the whole step's
     if world.size > 1:
         batches = [(x[world.share(len(x))], y[world.share(len(y))]) for x, y in batches]  # this rank's rows
-        by_tokens = True
-    weights = [int((y >= 0).sum()) for _, y in batches] if by_tokens else [1] * len(batches)
     loss_sum, grads = 0.0, None
-    for (x, y), w in zip(batches, weights):
+    for x, y in batches:
+        w = int((y >= 0).sum()) if by_tokens else 1  # what this micro-batch (share) weighs in the step's mean
         if w == 0:
             continue  # an empty share (fewer rows than ranks), or nothing scored
         drop = Dropout(dropout, drop_rng) if dropout > 0 else None
-        micro_loss, micro_grads = loss_and_grads(x, y, params, config, drop)
+        micro_loss, micro_grads = loss_and_grads(x, y, params, config, drop, grad_scale=w / total)
         loss_sum += micro_loss * w
-        if w != 1:
-            for g in flatten(micro_grads).values():
-                g *= w  # the micro-batch's sum over its scored tokens
         grads = micro_grads if grads is None else add_into(grads, micro_grads)
     if grads is None:
         grads = unflatten({k: np.zeros_like(v) for k, v in flatten(params).items()})
-    total = sum(weights)
     if world.size > 1:
-        sums = np.array([loss_sum, total], dtype=np.float64)
+        sums = np.array([loss_sum], dtype=np.float64)
         world.sum_(list(flatten(grads).values()))  # an all-reduce per tensor, 4 bytes per parameter in all
         world.sum_([sums])
-        loss_sum, total = float(sums[0]), int(sums[1])
-    if total > 1:
-        for g in flatten(grads).values():
-            g *= 1.0 / total  # the mean over the step's scored tokens (or micro-batches)
+        loss_sum = float(sums[0])
     return loss_sum / total, grads
 
 

@@ -1,9 +1,11 @@
 """The backward pass, specified against PyTorch autograd (float64) and central finite differences."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 
-from minigpt2 import GPT2, GPT2Config
+from minigpt2 import GPT2, GPT2Config, reference_mode
 from minigpt2.backward import (
     attention_backward,
     embedding_backward,
@@ -217,6 +219,18 @@ def test_a_batch_gradient_is_the_token_weighted_sum_of_its_rows(small):
                 for name in flatten(grads)}
     for name, g in flatten(grads).items():
         np.testing.assert_allclose(g, expected[name], atol=1e-6 * max(1.0, np.abs(expected[name]).max()), err_msg=name)
+
+
+@pytest.mark.parametrize("reference", [True, False], ids=["textbook", "fast"])
+def test_grad_scale_scales_the_gradient_not_the_loss(small, reference):
+    rng = np.random.default_rng(4)
+    ids, targets = rng.integers(0, 50, (2, 9)), rng.integers(-1, 50, (2, 9))
+    with reference_mode() if reference else nullcontext():
+        loss1, g1 = loss_and_grads(ids, targets, small.params, small.config)
+        loss3, g3 = loss_and_grads(ids, targets, small.params, small.config, grad_scale=0.375)
+    assert loss3 == loss1
+    for name, g in flatten(g1).items():
+        np.testing.assert_allclose(flatten(g3)[name], 0.375 * g, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_a_single_sequence_scores_only_its_own_targets(small):
