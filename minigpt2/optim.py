@@ -13,6 +13,7 @@ decay applies to weight matrices and embeddings, never to biases or layer-norm g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -85,11 +86,13 @@ class AdamW:
         self.eps, self.weight_decay = float(scalars["eps"]), float(scalars["weight_decay"])
 
 
-def clip_grad_norm(grads: Params, max_norm: float) -> float:
+def clip_grad_norm(grads: Params, max_norm: float, add_up: Callable[[float], float] | None = None) -> float:
     """Scale all gradients in place so that their global L2 norm is at most max_norm (as
-    torch.nn.utils.clip_grad_norm_: by max_norm / (norm + 1e-6)); return the norm before clipping."""
+    torch.nn.utils.clip_grad_norm_: by max_norm / (norm + 1e-6)); return the norm before clipping.
+    `add_up`, when `grads` is one part of the gradient (an MPI rank's rows), adds the parts' sums of squares."""
     flat = flatten(grads)
-    norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in flat.values()))
+    squares = sum(float(np.dot(g.ravel(), g.ravel())) for g in flat.values())
+    norm = math.sqrt(add_up(squares) if add_up else squares)
     scale = max_norm / (norm + 1e-6)
     if scale < 1.0:
         for g in flat.values():

@@ -327,10 +327,13 @@ def physical_memory() -> int | None:
 
 
 def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, tok: Tokenizer, opt: AdamW,
-                    generators: dict[str, np.random.Generator], cfg: TrainConfig) -> None:
+                    generators: dict[str, np.random.Generator], cfg: TrainConfig,
+                    moments: dict[str, np.ndarray] | None = None) -> None:
     """Optimizer state under a new name, then the model (the commit point, naming the step), then the old state.
-    `generators` ({"rng": the text windows', "dropout_rng": the masks'}) are saved in their exact state."""
+    `generators` ({"rng": the text windows', "dropout_rng": the masks'}) are saved in their exact state;
+    `moments`, if given, are the optimizer's whole moments (under MPI, gathered from the ranks' rows)."""
     arrays, scalars = opt.state_dict()
+    arrays = moments if moments is not None else arrays
     arrays = arrays if opt.t > 0 else {}  # before the first update the moments are zeros: not written
     meta = {"step": str(step), "adam": json.dumps(scalars), "settings": json.dumps(dataclasses.asdict(cfg))}
     meta.update({k: json.dumps(g.bit_generator.state) for k, g in generators.items()})
@@ -544,10 +547,10 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         config, flat = load_converted(out)
         params = unflatten({k: np.array(v) for k, v in flat.items()})  # writable: the optimizer updates in place
         tok = Tokenizer.from_dir(out)
-        opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
+        opt = AdamW(unflatten(world.rows(flatten(params))), cfg.peak_lr, weight_decay=cfg.weight_decay)
         adam = json.loads(meta["adam"])
         if adam["t"] > 0:  # step 0's state has no moments (they are zeros)
-            opt.load_state_dict(arrays, adam)
+            opt.load_state_dict(world.rows(arrays), adam)  # this rank's rows of them
         opt.weight_decay = cfg.weight_decay  # as the settings say now
         rng, drop_rng = np.random.default_rng(), np.random.default_rng()
         rng.bit_generator.state = json.loads(meta["rng"])
@@ -564,7 +567,7 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         refuse_existing_run(out)
         lock = lock_run(out) if out.is_dir() and world.is_main else None
         cfg, config, params, tok = starting_model(cfg, progress)
-        opt = AdamW(params, cfg.peak_lr, weight_decay=cfg.weight_decay)
+        opt = AdamW(unflatten(world.rows(flatten(params))), cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # the text windows
         drop_rng = dropout_generator(cfg.seed, world.rank)
         start = 0
@@ -610,8 +613,9 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             append_log(out, record)
 
     def checkpoint(n: int) -> None:
+        moments = full_moments(opt, params, world)  # under MPI every rank sends its rows to rank 0
         if main:
-            save_checkpoint(out, n, config, params, tok, opt, generators, cfg)
+            save_checkpoint(out, n, config, params, tok, opt, generators, cfg, moments)
 
     if not resume:
         checkpoint(0)  # the run exists from the first instant
@@ -636,12 +640,13 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
                 for k, g in generators.items():
                     g.bit_generator.state = states_before[k]
                 break
-            grad_norm = clip_grad_norm(grads, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            grad_norm = clip_grad_norm(grads, cfg.grad_clip if cfg.grad_clip > 0 else math.inf, world.sum_float)
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 raise TrainingDiverged(f"the loss became {step_loss} (gradient norm {grad_norm}) at step {step + 1}; "
                                        f"the last good checkpoint (step {last_saved}) is in {out}; try a lower --lr "
                                        "(--resume --lr X continues from it)")
-            opt.step(grads, lr)
+            opt.step(grads, lr)  # this rank's rows of every tensor (all of them in one process)
+            world.share_rows_(flatten(params))  # every rank's updated rows to every rank
             completed = n = step + 1
             seconds = time.perf_counter() - t0
             record = {"step": n, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
@@ -681,6 +686,16 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
     if completed > start and main:
         log({"step": completed, "summary": summary(out, cfg, data, time.perf_counter() - began)})
     return GPT2(config, params)
+
+
+def full_moments(opt: AdamW, params: Params, world: World) -> dict[str, np.ndarray] | None:
+    """The optimizer's moments of whole tensors, {"m.<name>", "v.<name>"}: gathered from the ranks' rows on
+    rank 0 (None on the others); the optimizer's own in one process."""
+    arrays, _ = opt.state_dict()
+    if world.size == 1 or opt.t == 0:
+        return arrays
+    shapes = {k: p.shape for k, p in flatten(params).items()}
+    return {k: world.gather_rows(a, shapes[k.split(".", 1)[1]]) for k, a in arrays.items()}
 
 
 BEST_DIR = "best"  # inside a run's directory: the model of the step with the lowest validation loss
@@ -733,15 +748,15 @@ def read_log_records(out: Path) -> list[dict]:
 def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
                   config: GPT2Config, dropout: float = 0.0, drop_rng: np.random.Generator | None = None,
                   world: World | None = None) -> tuple[float, Params]:
-    """(loss, gradient) of one step over its micro-batches: the mean over every scored token of all of them
+    """(loss, gradient: this rank's rows of it, all of it in one process) of one step over its micro-batches: the mean over every scored token of all of them
     (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
     means (text: every window scores all of its tokens, so the two are the same).
 
     Each micro-batch's gradient comes out of the backward already weighted by its share of the step's scored
     tokens (grad_scale = its tokens / the step's), so the sum of them is the step's gradient with no pass to
     rescale it. With a `world` of several ranks, each rank takes its share of every micro-batch's rows (it
-    drew the whole batch, so it knows the step's token count), and the shares' gradients and token-weighted
-    losses are all-reduced (distributed.py)."""
+    drew the whole batch, so it knows the step's token count), the losses are summed over the ranks, and the
+    gradient that comes back is this rank's rows of the sum (`World.rows`; distributed.py)."""
     world = world or World()
     by_tokens = by_tokens or world.size > 1  # a rank's share of a micro-batch counts by its tokens
     total = sum(int((y >= 0).sum()) for _, y in batches) if by_tokens else len(batches)  # the whole step's
@@ -759,10 +774,8 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
     if grads is None:
         grads = unflatten({k: np.zeros_like(v) for k, v in flatten(params).items()})
     if world.size > 1:
-        sums = np.array([loss_sum], dtype=np.float64)
-        world.sum_(list(flatten(grads).values()))  # an all-reduce per tensor, 4 bytes per parameter in all
-        world.sum_([sums])
-        loss_sum = float(sums[0])
+        grads = unflatten(world.sum_rows(flatten(grads)))  # this rank's rows of the summed gradient
+        loss_sum = world.sum_float(loss_sum)
     return loss_sum / total, grads
 
 

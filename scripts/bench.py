@@ -226,13 +226,15 @@ x = rng.integers(0, 50257, (B, T)); y = rng.integers(0, 50257, (B, T))
 if side in ("minigpt2", "mpi"):
     from minigpt2.distributed import world
     from minigpt2.optim import AdamW, clip_grad_norm
+    from minigpt2.params import flatten, unflatten
     from minigpt2.train import step_gradient
-    w = world()  # under mpiexec: each rank takes its share of the rows, one all-reduce per step
-    opt = AdamW(model.params, lr=1e-4)
-    def step():
-        loss, grads = step_gradient([(x, y)], False, model.params, model.config, world=w)  # as a text step
-        clip_grad_norm(grads, 1.0)
+    w = world()  # under mpiexec: each rank takes its share of the batch's rows and updates its rows of each tensor
+    opt = AdamW(unflatten(w.rows(flatten(model.params))), lr=1e-4)
+    def step():  # as train.run_steps takes a text step
+        loss, grads = step_gradient([(x, y)], False, model.params, model.config, world=w)
+        clip_grad_norm(grads, 1.0, w.sum_float)
         opt.step(grads)
+        w.share_rows_(flatten(model.params))
 else:
     import torch
     torch.set_num_threads({threads})

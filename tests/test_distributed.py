@@ -170,3 +170,36 @@ def test_bad_settings_under_two_ranks_exit_2_with_one_line_and_no_abort(data, tm
     err = r.stderr.decode().strip()
     assert r.returncode == 2 and err.splitlines() == ["minigpt2-train: error: --lr must be a positive number, got -1.0"]
     assert not (tmp_path / "bad").exists()
+
+
+COLLECTIVES = """
+import numpy as np
+from minigpt2.distributed import share_of, world
+w = world()
+def gradient(rank):                                      # each rank its own
+    rng = np.random.default_rng(rank)
+    return {"w": rng.standard_normal((7, 3)).astype(np.float32), "b": rng.standard_normal(5)}
+rows = w.sum_rows(gradient(w.rank))                      # this rank's rows of the sum over the ranks
+for k, total in {k: sum(gradient(r)[k] for r in range(w.size)) for k in rows}.items():
+    np.testing.assert_allclose(rows[k], total[w.share(len(total))], rtol=1e-6)
+params = {"w": np.zeros((7, 3), np.float32), "b": np.zeros(5)}
+for view in w.rows(params).values():
+    view[...] = w.rank + 1                               # a rank updates its rows of the parameters alone
+w.share_rows_(params)                                    # and every rank gets every rank's rows
+for k, a in params.items():
+    owner = np.concatenate([np.full(len(range(len(a))[share_of(len(a), r, w.size)]), r + 1) for r in range(w.size)])
+    assert (a.reshape(len(a), -1) == owner[:, None]).all(), (k, a)
+mine = gradient(0)["w"]
+whole = w.gather_rows(mine[w.share(7)], (7, 3))          # rank 0 reassembles an array from the ranks' rows
+assert (whole == mine).all() if w.rank == 0 else whole is None
+assert w.sum_float(1.5) == 1.5 * w.size
+print("ok", w.rank)
+"""
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_the_zero_stage_1_collectives(ranks):
+    r = subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, "-c", COLLECTIVES], capture_output=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert r.stdout.decode().count("ok") == ranks  # every rank got through its checks (lines may interleave)
