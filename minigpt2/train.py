@@ -572,7 +572,7 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         drop_rng = dropout_generator(cfg.seed, world.rank)
         start = 0
     data = load_data(cfg, tok, progress)  # the data is known good before anything is written
-    validate = validator(data, cfg, params, config, progress)
+    validate = validator(data, cfg, params, config, progress, world)
     if world.is_main and resume:  # the other ranks read the run's files; rank 0 alone writes them
         truncate_log(out, done)
         if changed:
@@ -619,8 +619,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
 
     if not resume:
         checkpoint(0)  # the run exists from the first instant
-        if main:
-            log({"step": 0, "val_loss": validate()})
+        log({"step": 0, "val_loss": validate()})  # every rank validates its share
     best = best_so_far(out)
     last_saved = start
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
@@ -655,14 +654,14 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
-            if main and (n % cfg.eval_every == 0 or n == cfg.steps):
+            if n % cfg.eval_every == 0 or n == cfg.steps:
                 try:
-                    with stop.abandonable():
-                        val_loss = validate()
-                    append_log(out, {"step": n, "val_loss": val_loss})
+                    with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
+                        val_loss = validate()  # every rank validates its share
+                    log({"step": n, "val_loss": val_loss})
                     if progress:
                         bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}", file=sys.stderr)
-                    if val_loss < best[1]:
+                    if main and val_loss < best[1]:
                         best = (n, val_loss)
                         save_converted(config, params, out / BEST_DIR, tok.files(), progress=False,
                                        metadata={"best_step": str(n), "val_loss": repr(val_loss)})
@@ -798,26 +797,33 @@ def step_batches(data: TextData | TaskData, cfg: TrainConfig, step: int, rng: np
     return batches, sum(len(e.tokens) - 1 for e in examples)
 
 
-def validator(data: TextData | TaskData, cfg: TrainConfig, params: Params, config: GPT2Config, progress: bool):
-    """A function of no arguments returning the validation loss of the model as it is now.
+def validator(data: TextData | TaskData, cfg: TrainConfig, params: Params, config: GPT2Config, progress: bool,
+              world: World | None = None):
+    """A function of no arguments returning the validation loss of the model as it is now (under MPI every
+    rank calls it: each evaluates every size-th batch or example, and the sums are added up).
 
     Text: the mean loss over eval_batches fixed random windows of the validation tokens. Task file: the mean
     NLL over every scored token of every validation example (comparable between runs of one file)."""
+    world = world or World()
     if isinstance(data, TaskData):
         def task_val_loss() -> float:
-            total, count = completion_nll(data.val, params, config, cfg.batch_size, progress)
-            return total / count
+            total, count = completion_nll(data.val[world.rank :: world.size], params, config, cfg.batch_size, progress)
+            return world.sum_float(total) / world.sum_float(count)
         return task_val_loss
     val_rng = np.random.default_rng([cfg.seed, 1])  # the same validation windows at every evaluation
     val_batches = [random_windows(data.val, cfg.block_size, cfg.batch_size, val_rng) for _ in range(cfg.eval_batches)]
-    return lambda: validation_loss(val_batches, params, config, progress)
+    return lambda: validation_loss(val_batches, params, config, progress, world)
 
 
 def validation_loss(batches: list[tuple[np.ndarray, np.ndarray]], params: Params, config: GPT2Config,
-                    progress: bool = False) -> float:
-    """The mean loss over the validation batches (inputs, targets), forward only."""
-    return float(np.mean([loss(x, y, params, config) for x, y in tqdm(
-        batches, desc="validating", unit="batch", disable=not progress, leave=False)]))
+                    progress: bool = False, world: World | None = None) -> float:
+    """The mean loss over the validation batches (inputs, targets), forward only; with a `world` of several
+    ranks, each takes every size-th batch and the sums are added up."""
+    world = world or World()
+    mine = batches[world.rank :: world.size]
+    total = sum(loss(x, y, params, config) for x, y in tqdm(mine, desc="validating", unit="batch",
+                                                            disable=not progress, leave=False))
+    return world.sum_float(total) / len(batches)
 
 
 def add_into(total: Params, more: Params) -> Params:
