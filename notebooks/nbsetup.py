@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sysconfig
 import tempfile
@@ -39,7 +40,7 @@ def real_model_in_cache() -> bool:
     return (converted_dir("124M") / CONVERTED_FILE).is_file()
 
 
-STAND_IN_NAME = "pydoc-2x128-v1"  # change it when the recipe below changes: the cached model is then retrained
+STAND_IN_NAME = "pydoc-2x128-v2"  # change it when the recipe below changes: the cached model is then retrained
 STAND_IN_SHAPE = "2 blocks, 4 heads, 128 wide, a 64-token context and a 512-token vocabulary"
 
 
@@ -48,13 +49,15 @@ def stand_in_dir() -> Path:
 
 
 def documentation_text() -> str:
-    """English that every Python has offline: the reference manual's topics behind help(), whitespace folded."""
+    """English that every Python has offline: the reference manual's topics behind help(), the underlines of
+    its headings and the borders of its tables (----, ====, +---+) dropped and its whitespace folded."""
     try:
         from pydoc_data.topics import topics
         pages = [topics[k] for k in sorted(topics)]
     except ImportError:  # a Python packaged without it: its standard library's source instead
         pages = [p.read_text(encoding="utf-8") for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))]
-    return "\n".join(" ".join(page.split()) for page in pages)
+    underline = re.compile(r"^[-=*~^+| \t]*[-=*~^]{3,}[-=*~^+| \t]*$", re.MULTILINE)  # and table borders
+    return "\n".join(" ".join(underline.sub("", page).split()) for page in pages)
 
 
 def stand_in() -> tuple[GPT2, Tokenizer, float]:
