@@ -61,12 +61,12 @@ def documentation_text() -> str:
 
 
 def stand_in() -> tuple[GPT2, Tokenizer, float]:
-    """(model, tokenizer, final validation loss) of the stand-in: trained once (about two minutes on two cores),
+    """(model, tokenizer, final validation loss) of the stand-in: trained once (a minute or two on two cores),
     then read from the cache. Training happens in a private directory that is renamed into place when complete,
     so an interrupted or concurrent first run never leaves half a model behind."""
     final = stand_in_dir()
     if not (final / CONVERTED_FILE).is_file():
-        print(f"Training the stand-in model once ({STAND_IN_SHAPE}; about two minutes), to {final}")
+        print(f"Training the stand-in model once ({STAND_IN_SHAPE}; a minute or two), to {final}")
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{STAND_IN_NAME}-", dir=final.parent))
         try:
