@@ -328,10 +328,10 @@ def physical_memory() -> int | None:
 
 def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, tok: Tokenizer, opt: AdamW,
                     generators: dict[str, np.random.Generator], cfg: TrainConfig,
-                    moments: dict[str, np.ndarray] | None = None) -> None:
+                    moments: dict | None = None) -> None:
     """Optimizer state under a new name, then the model (the commit point, naming the step), then the old state.
     `generators` ({"rng": the text windows', "dropout_rng": the masks'}) are saved in their exact state;
-    `moments`, if given, are the optimizer's whole moments (under MPI, gathered from the ranks' rows)."""
+    `moments`, if given, are the optimizer's whole moments (under MPI, gathered from the ranks as written)."""
     arrays, scalars = opt.state_dict()
     arrays = moments if moments is not None else arrays
     arrays = arrays if opt.t > 0 else {}  # before the first update the moments are zeros: not written
@@ -613,9 +613,12 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             append_log(out, record)
 
     def checkpoint(n: int) -> None:
-        moments = full_moments(opt, params, world)  # under MPI every rank sends its rows to rank 0
+        moments = moments_to_save(opt, params, world)
         if main:
             save_checkpoint(out, n, config, params, tok, opt, generators, cfg, moments)
+        elif opt.t > 0:
+            for m in moments.values():
+                m.gather()  # this rank's rows of each moment, to rank 0 as it writes that moment
 
     if not resume:
         checkpoint(0)  # the run exists from the first instant
@@ -687,14 +690,29 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
     return GPT2(config, params)
 
 
-def full_moments(opt: AdamW, params: Params, world: World) -> dict[str, np.ndarray] | None:
-    """The optimizer's moments of whole tensors, {"m.<name>", "v.<name>"}: gathered from the ranks' rows on
-    rank 0 (None on the others); the optimizer's own in one process."""
+class GatheredRows:
+    """A whole tensor whose rows the MPI ranks hold, gathered to rank 0 only as it is written (`__array__`):
+    rank 0 then holds one whole moment at a time, not all of them. Every rank must ask in the same order."""
+
+    def __init__(self, rows: np.ndarray, shape: tuple[int, ...], world: World):
+        self.rows, self.shape, self.world, self.dtype = rows, shape, world, rows.dtype
+        self.nbytes = int(np.prod(shape, dtype=np.int64)) * rows.dtype.itemsize
+
+    def gather(self) -> np.ndarray | None:
+        return self.world.gather_rows(self.rows, self.shape)  # the whole array on rank 0, None elsewhere
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # as rank 0 writes it
+        return self.gather()
+
+
+def moments_to_save(opt: AdamW, params: Params, world: World) -> dict:
+    """The optimizer's moments of whole tensors, {"m.<name>", "v.<name>"}: its own in one process; under MPI,
+    GatheredRows that rank 0 writes while the other ranks send their rows (`send_moments`)."""
     arrays, _ = opt.state_dict()
     if world.size == 1 or opt.t == 0:
         return arrays
     shapes = {k: p.shape for k, p in flatten(params).items()}
-    return {k: world.gather_rows(a, shapes[k.split(".", 1)[1]]) for k, a in arrays.items()}
+    return {k: GatheredRows(a, shapes[k.split(".", 1)[1]], world) for k, a in arrays.items()}
 
 
 BEST_DIR = "best"  # inside a run's directory: the model of the step with the lowest validation loss
