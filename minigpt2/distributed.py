@@ -44,6 +44,7 @@ class World:
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
+        self.local_size = self.size if comm is None else on_this_machine(comm)  # this machine's ranks
 
     @property
     def is_main(self) -> bool:
@@ -124,6 +125,13 @@ class World:
         """End every rank of the job (a rank that failed must not leave the others waiting in an all-reduce)."""
         if self.comm is not None and self.size > 1:
             self.comm.Abort(code)
+
+
+def on_this_machine(comm) -> int:
+    """How many of `comm`'s ranks share this machine's memory (MPI_COMM_TYPE_SHARED)."""
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
 
 
 def launched_size() -> int:

@@ -264,7 +264,8 @@ def run_state(out: Path) -> int | None:
     return int(meta["train_step"]) if "train_step" in meta else None
 
 
-def starting_model(cfg: TrainConfig, progress: bool) -> tuple[TrainConfig, GPT2Config, Params, Tokenizer]:
+def starting_model(cfg: TrainConfig, progress: bool, world: World | None = None,
+                   ) -> tuple[TrainConfig, GPT2Config, Params, Tokenizer]:
     """The model a new run starts from (a copy, writable), its tokenizer, and the settings with the block size
     decided (256, or the --init model's context if that is shorter)."""
     if cfg.init == "scratch":
@@ -272,7 +273,7 @@ def starting_model(cfg: TrainConfig, progress: bool) -> tuple[TrainConfig, GPT2C
         tok = Tokenizer.from_pretrained(cfg.tokenizer or "124M")
         config = GPT2Config(n_vocab=tok.n_vocab, n_ctx=cfg.block_size, n_embd=cfg.n_embd, n_head=cfg.n_head,
                             n_layer=cfg.n_layer)
-        check_memory(cfg, config)
+        check_memory(cfg, config, world)
         return cfg, config, init_params(config, cfg.seed), tok
     init_is_dir = os.path.isdir(cfg.init)
     if not init_is_dir and (os.sep in cfg.init or os.path.exists(cfg.init)):
@@ -288,7 +289,7 @@ def starting_model(cfg: TrainConfig, progress: bool) -> tuple[TrainConfig, GPT2C
     cfg = dataclasses.replace(cfg, block_size=cfg.block_size or min(DEFAULT_BLOCK_SIZE, config.n_ctx))
     if cfg.block_size > config.n_ctx:
         raise TrainingError(f"--block-size {cfg.block_size} is larger than the model's context ({config.n_ctx})")
-    check_memory(cfg, config)
+    check_memory(cfg, config, world)
     params = unflatten({k: np.array(v, dtype=np.float32) for k, v in flatten(params).items()})  # writable copy
     return cfg, config, params, tok
 
@@ -296,26 +297,31 @@ def starting_model(cfg: TrainConfig, progress: bool) -> tuple[TrainConfig, GPT2C
 DEFAULT_BLOCK_SIZE = 256
 
 
-def check_memory(cfg: TrainConfig, config: GPT2Config) -> None:
+def check_memory(cfg: TrainConfig, config: GPT2Config, world: World | None = None) -> None:
     """Refuse, before allocating anything, a run whose arrays cannot fit in this machine's memory: the
-    parameters, gradients and AdamW's two moments (4 copies), and one micro-batch's saved activations
-    (about 16 C floats per token and layer, model.py's SAVED) with one layer's attention scores."""
+    parameters, gradients and AdamW's two moments (4 copies; under MPI each rank holds 1/N of the moments), and
+    one micro-batch's saved activations (about 16 C floats per token and layer, model.py's SAVED) with one
+    layer's attention scores (a rank's share of the rows); times the ranks running on this machine."""
     total = physical_memory()
     if total is None:
         return
+    world = world or World()
     gb = 1e9
-    weights = 4 * 4 * param_count(config)  # bytes: params, grads, m, v in float32
-    tokens = cfg.batch_size * cfg.block_size
-    acts = 4 * tokens * (16 * config.n_embd * config.n_layer + 4 * config.n_embd) \
-        + 4 * 4 * cfg.batch_size * config.n_head * cfg.block_size ** 2
+    here = world.local_size  # processes of the run on this machine
+    weights = here * 4 * (2 + 2 / world.size) * param_count(config)  # bytes: params, grads, m, v in float32
+    rows = -(-cfg.batch_size // world.size)  # a rank's share of a micro-batch, rounded up
+    acts = here * (4 * rows * cfg.block_size * (16 * config.n_embd * config.n_layer + 4 * config.n_embd)
+                   + 4 * 4 * rows * config.n_head * cfg.block_size ** 2)
+    ranks = f" ({here} ranks on this machine)" if here > 1 else ""
     if weights > total:
         raise TrainingError(f"the model ({config.n_layer} layers of --n-embd {config.n_embd}, {param_count(config):,} "
-                            f"parameters) needs about {weights / gb:,.1f} GB to train, more than this machine's "
-                            f"{total / gb:.1f} GB")
+                            f"parameters) needs about {weights / gb:,.1f} GB to train{ranks}, more than this "
+                            f"machine's {total / gb:.1f} GB")
     if weights + acts > total:
         raise TrainingError(f"--batch-size {cfg.batch_size} x --block-size {cfg.block_size} needs about "
-                            f"{acts / gb:,.1f} GB of activations (and {weights / gb:.1f} GB for the model), more than "
-                            f"this machine's {total / gb:.1f} GB; use a smaller --batch-size with --grad-accum")
+                            f"{acts / gb:,.1f} GB of activations (and {weights / gb:.1f} GB for the model){ranks}, "
+                            f"more than this machine's {total / gb:.1f} GB; use a smaller --batch-size with "
+                            "--grad-accum")
 
 
 def physical_memory() -> int | None:
@@ -566,7 +572,7 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
             raise TrainingError(f"--out {out} is a file, not a directory")
         refuse_existing_run(out)
         lock = lock_run(out) if out.is_dir() and world.is_main else None
-        cfg, config, params, tok = starting_model(cfg, progress)
+        cfg, config, params, tok = starting_model(cfg, progress, world)
         opt = AdamW(unflatten(world.rows(flatten(params))), cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # the text windows
         drop_rng = dropout_generator(cfg.seed, world.rank)

@@ -186,6 +186,16 @@ def test_bad_settings_under_two_ranks_exit_2_with_one_line_and_no_abort(data, tm
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_model_too_big_for_the_ranks_on_this_machine_is_refused_naming_them(data, tmp_path):
+    args = run_args(data, tmp_path / "big", "train.txt")
+    args[args.index("--n-embd") + 1] = "1000000"
+    r = subprocess.run(train_cmd(2, *args), capture_output=True, cwd=REPO, timeout=120)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "GB to train (2 ranks on this machine), more than this machine's" in err
+    assert not (tmp_path / "big").exists()
+
+
 COLLECTIVES = """
 import numpy as np
 from minigpt2.distributed import share_of, world
