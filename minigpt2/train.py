@@ -622,7 +622,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
         moments = moments_to_save(opt, params, world)
         if main:
             save_checkpoint(out, n, config, params, tok, opt, generators, cfg, moments)
-        elif opt.t > 0:
+        elif moments is not None:
             for m in moments.values():
                 m.gather()  # this rank's rows of each moment, to rank 0 as it writes that moment
 
@@ -711,12 +711,13 @@ class GatheredRows:
         return self.gather()
 
 
-def moments_to_save(opt: AdamW, params: Params, world: World) -> dict:
-    """The optimizer's moments of whole tensors, {"m.<name>", "v.<name>"}: its own in one process; under MPI,
-    GatheredRows that rank 0 writes while the other ranks send their rows (`send_moments`)."""
-    arrays, _ = opt.state_dict()
+def moments_to_save(opt: AdamW, params: Params, world: World) -> dict[str, GatheredRows] | None:
+    """Under MPI, the optimizer's moments of whole tensors, {"m.<name>", "v.<name>"}, as GatheredRows that rank
+    0 writes while the other ranks send their rows; None in one process (or before the first update), where
+    the optimizer's own state is what is saved."""
     if world.size == 1 or opt.t == 0:
-        return arrays
+        return None
+    arrays, _ = opt.state_dict()
     shapes = {k: p.shape for k, p in flatten(params).items()}
     return {k: GatheredRows(a, shapes[k.split(".", 1)[1]], world) for k, a in arrays.items()}
 
@@ -771,9 +772,10 @@ def read_log_records(out: Path) -> list[dict]:
 def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
                   config: GPT2Config, dropout: float = 0.0, drop_rng: np.random.Generator | None = None,
                   world: World | None = None) -> tuple[float, Params]:
-    """(loss, gradient: this rank's rows of it, all of it in one process) of one step over its micro-batches: the mean over every scored token of all of them
+    """(loss, gradient) of one step over its micro-batches: the mean over every scored token of all of them
     (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
-    means (text: every window scores all of its tokens, so the two are the same).
+    means (text: every window scores all of its tokens, so the two are the same). The gradient is this rank's
+    rows of it under MPI, all of it in one process.
 
     Each micro-batch's gradient comes out of the backward already weighted by its share of the step's scored
     tokens (grad_scale = its tokens / the step's), so the sum of them is the step's gradient with no pass to
@@ -824,14 +826,15 @@ def step_batches(data: TextData | TaskData, cfg: TrainConfig, step: int, rng: np
 def validator(data: TextData | TaskData, cfg: TrainConfig, params: Params, config: GPT2Config, progress: bool,
               world: World | None = None):
     """A function of no arguments returning the validation loss of the model as it is now (under MPI every
-    rank calls it: each evaluates every size-th batch or example, and the sums are added up).
+    rank calls it: each evaluates its share of the batches or examples, and the sums are added up).
 
     Text: the mean loss over eval_batches fixed random windows of the validation tokens. Task file: the mean
     NLL over every scored token of every validation example (comparable between runs of one file)."""
     world = world or World()
     if isinstance(data, TaskData):
         def task_val_loss() -> float:
-            total, count = completion_nll(data.val[world.rank :: world.size], params, config, cfg.batch_size, progress)
+            total, count = completion_nll(data.val[world.share(len(data.val))], params, config, cfg.batch_size,
+                                          progress)
             return world.sum_float(total) / world.sum_float(count)
         return task_val_loss
     val_rng = np.random.default_rng([cfg.seed, 1])  # the same validation windows at every evaluation
@@ -842,9 +845,9 @@ def validator(data: TextData | TaskData, cfg: TrainConfig, params: Params, confi
 def validation_loss(batches: list[tuple[np.ndarray, np.ndarray]], params: Params, config: GPT2Config,
                     progress: bool = False, world: World | None = None) -> float:
     """The mean loss over the validation batches (inputs, targets), forward only; with a `world` of several
-    ranks, each takes every size-th batch and the sums are added up."""
+    ranks, each takes its share of the batches and the sums are added up."""
     world = world or World()
-    mine = batches[world.rank :: world.size]
+    mine = batches[world.share(len(batches))]
     total = sum(loss(x, y, params, config) for x, y in tqdm(mine, desc="validating", unit="batch",
                                                             disable=not progress, leave=False))
     return world.sum_float(total) / len(batches)

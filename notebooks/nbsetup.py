@@ -29,7 +29,10 @@ def teaching_model() -> tuple[GPT2, Tokenizer, str]:
         real = converted_dir("124M")
         return GPT2.from_pretrained(real), Tokenizer.from_dir(real), f"This notebook runs on the real GPT-2 124M ({real})."
     model, tok, loss = stand_in()
-    note = (f"GPT-2 124M is not in the cache, so this notebook uses a small stand-in: {STAND_IN_SHAPE}, trained "
+    c = model.config
+    shape = (f"{c.n_layer} blocks, {c.n_head} heads, {c.n_embd} wide, a {c.n_ctx}-token context and a "
+             f"{c.n_vocab}-token vocabulary")
+    note = (f"GPT-2 124M is not in the cache, so this notebook uses a small stand-in: {shape}, trained "
             f"on Python's own documentation (pydoc_data) to {loss:.2f} nats per token, saved in {stand_in_dir()}. "
             "Its distributions peak and it writes words, but it knows little beyond Python's manual. Run "
             "GPT2.from_pretrained('124M') once with network and re-run the notebook to see the real model.")
@@ -41,7 +44,6 @@ def real_model_in_cache() -> bool:
 
 
 STAND_IN_NAME = "pydoc-2x128-v2"  # change it when the recipe below changes: the cached model is then retrained
-STAND_IN_SHAPE = "2 blocks, 4 heads, 128 wide, a 64-token context and a 512-token vocabulary"
 
 
 def stand_in_dir() -> Path:
@@ -66,7 +68,7 @@ def stand_in() -> tuple[GPT2, Tokenizer, float]:
     so an interrupted or concurrent first run never leaves half a model behind."""
     final = stand_in_dir()
     if not (final / CONVERTED_FILE).is_file():
-        print(f"Training the stand-in model once ({STAND_IN_SHAPE}; a minute or two), to {final}")
+        print(f"Training the small stand-in model once (a minute or two), to {final}")
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{STAND_IN_NAME}-", dir=final.parent))
         try:
