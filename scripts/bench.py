@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +47,9 @@ def parse_args():
     p.add_argument("--only-tasks", action="store_true", help="only the task rows: scoring a 1,000-example choice "
                    "file, and a task-file training step against a text step of the same tokens")
     p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
-    p.add_argument("--mpi", action="store_true", help="add the data-parallel training rows: --ranks processes of "
-                   "one BLAS thread each under mpiexec (pip install 'minigpt2[mpi]')")
+    p.add_argument("--mpi", action="store_true", help="add the data-parallel training rows: --ranks processes "
+                   "under mpiexec sharing the cores (one BLAS thread each on 2 cores) at the training shapes, and "
+                   "on a small model (pip install 'minigpt2[mpi]')")
     p.add_argument("--ranks", type=int, default=2, help="MPI ranks for the --mpi rows (default 2)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p.parse_args()
@@ -61,6 +63,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from minigpt2 import GPT2, GPT2Config  # noqa: E402
+from minigpt2.blas import default_threads  # noqa: E402
 from minigpt2.params import flatten  # noqa: E402
 
 try:
@@ -220,9 +223,10 @@ sys.path.insert(0, {repo!r})
 import numpy as np
 B, T, steps, side = {B}, {T}, {steps}, {side!r}
 from minigpt2 import GPT2, GPT2Config
-model = GPT2.init(GPT2Config.from_name({size!r}), seed=0)
+model = GPT2.init(GPT2Config(**{config!r}), seed=0)
 rng = np.random.default_rng(0)
-x = rng.integers(0, 50257, (B, T)); y = rng.integers(0, 50257, (B, T))
+V = model.config.n_vocab
+x = rng.integers(0, V, (B, T)); y = rng.integers(0, V, (B, T))
 if side in ("minigpt2", "mpi"):
     from minigpt2.distributed import world
     from minigpt2.optim import AdamW, clip_grad_norm
@@ -262,11 +266,17 @@ if side != "mpi" or w.rank == 0:
 """
 
 
-def train_in_process(side: str, B: int, T: int, steps: int, size: str | None = None) -> dict:
-    """Step times (after a first, untimed step) and peak RSS of one side, in a fresh process."""
-    code = TRAIN_STEP.format(repo=str(REPO), B=B, T=T, steps=steps + 1, side=side, size=size or ARGS.size,
-                             threads=ARGS.threads)
-    threads = 1 if side == "mpi" else ARGS.threads  # two ranks of one thread each, on the same cores
+def train_in_process(side: str, B: int, T: int, steps: int, config: GPT2Config | None = None,
+                     threads: int | None = None) -> dict:
+    """Step times (after a first, untimed step) and peak RSS of one side, in a fresh process: --threads BLAS
+    threads (`threads` if given) in one process; under MPI each rank takes the library's default, the cores
+    shared among the ranks (blas.default_threads)."""
+    config = config or GPT2Config.from_name(ARGS.size)
+    threads = threads or ARGS.threads
+    if side == "mpi":
+        threads = default_threads(config.n_embd, ARGS.ranks)
+    code = TRAIN_STEP.format(repo=str(REPO), B=B, T=T, steps=steps + 1, side=side, config=asdict(config),
+                             threads=threads)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     launch = [mpiexec(), "-n", str(ARGS.ranks)] if side == "mpi" else []
     out = subprocess.run([*launch, sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -342,9 +352,29 @@ def measure_training(config: GPT2Config, rows: list, results: dict) -> None:
         mine, theirs = rss["minigpt2"] / 1e6, rss["transformers"] / 1e6
         rows.append((f"train peak RSS MB ({B} x {T}; lower is better)", one_value(mine), one_value(theirs),
                      "<= 0.7x"))
+    if ARGS.mpi:
+        measure_small_training(rows, results)
     if not ARGS.skip_774m:
-        run = train_in_process("minigpt2", 1, 256, 1, size="774M")  # a fresh process: its own peak only
+        run = train_in_process("minigpt2", 1, 256, 1, GPT2Config.from_name("774M"))  # a fresh process: its own peak only
         results["finetune_774M_1x256"] = {"peak_rss": run["peak_rss"], "step_seconds": run["times"][0]}
+
+
+SMALL = GPT2Config(n_vocab=512, n_ctx=64, n_embd=128, n_head=4, n_layer=2)  # the notebooks' stand-in's shape
+
+
+def measure_small_training(rows: list, results: dict) -> None:
+    """--ranks ranks against one process on a model a learner trains: the notebooks' stand-in shape at its
+    recipe's batch of 32 x 64 tokens, with the library's default threads on both sides (one in one process:
+    its products are too short to share, so the second core idles)."""
+    B, T, steps = 32, 64, 20
+    runs = {"minigpt2": [], "mpi": []}
+    for _ in range(2):  # alternate the fresh processes: A B A B
+        for side in runs:
+            runs[side].append(train_in_process(side, B, T, steps, SMALL, threads=default_threads(SMALL.n_embd)))
+    ours, mpi = (rate(B * T, [t for r in runs[side] for t in r["times"]]) for side in ("minigpt2", "mpi"))
+    results[f"small_train_{B}x{T}"] = {"minigpt2": ours, "mpi": mpi, "config": asdict(SMALL)}
+    rows.append((f"train step tokens/s, {ARGS.ranks} ranks vs 1 process (2 x 128 wide, V 512; {B} x {T})", mpi, ours,
+                 ""))
 
 
 def measure_evaluation(model: GPT2, hf, rows: list, results: dict) -> None:
