@@ -522,7 +522,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
         raise failed
     cfg, out, start, config, params, tok, opt, generators, data, validate, lock = prepared
     threads_before = blas_threads()
-    set_blas_threads(cfg.threads or default_threads(config.n_embd, world.size))
+    set_blas_threads(cfg.threads or default_threads(config.n_embd, world.local_size))  # this machine's cores
     try:
         return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress,
                          world)

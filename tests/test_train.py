@@ -475,6 +475,7 @@ def test_blas_threads_can_be_set_while_running():
     finally:
         set_blas_threads(before)
     assert blas_threads() == before
-    assert default_threads(32) == 1 and default_threads(768) >= 1
+    assert default_threads(32) == 1 and default_threads(768) == os.cpu_count()
+    assert default_threads(768, processes=os.cpu_count()) == 1, "the machine's cores shared by its ranks"
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         set_blas_threads(0)
