@@ -389,12 +389,13 @@ class StepAbandoned(Exception):
 class StopRequest:
     """Ctrl-C or SIGTERM during training: drop the step in flight (its gradient, or a validation, is abandoned
     at once; an optimizer update or a checkpoint being written is finished first), checkpoint every completed
-    step, then stop. A second signal stops at once (the last checkpoint stays)."""
+    step, then stop. A second signal stops at once (the last checkpoint stays). Under MPI every rank gets the
+    signal; only the one that `announces` (rank 0) says so."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
-        self.requested, self.signum, self.in_step = False, None, False
+    def __init__(self, announces: bool = True):
+        self.requested, self.signum, self.in_step, self.announces = False, None, False, announces
         self.previous = {}
 
     def __enter__(self):
@@ -406,7 +407,9 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
-        print(f"\nstopping ({signal.Signals(signum).name}): saving a checkpoint (again to stop at once)", file=sys.stderr)
+        if self.announces:
+            print(f"\nstopping ({signal.Signals(signum).name}): saving a checkpoint (again to stop at once)",
+                  file=sys.stderr)
         if self.in_step:
             self.in_step = False
             raise StepAbandoned
@@ -633,7 +636,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
     last_saved = start
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
     completed = start
-    with StopRequest() as stop, bar:
+    with StopRequest(announces=main) as stop, bar:
         for step in range(start, cfg.steps):
             states_before = {k: g.bit_generator.state for k, g in generators.items()}  # restored if abandoned
             t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """Data-parallel training over MPI: 2 ranks equal 1 process (float32 reduction order aside), resume across rank
-counts, a dead rank ends the job, rank 0 alone writes. Runs `mpiexec` (pip install 'minigpt2[mpi]')."""
+counts, a dead rank ends the job, a signal to mpiexec saves once, rank 0 alone writes and speaks. Runs `mpiexec` (pip install 'minigpt2[mpi]')."""
 
 import json
 import os
@@ -151,6 +151,32 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_loads(data, tmp_path
     assert GPT2.from_pretrained(out).config.n_layer == 2
     r = run(train_cmd(1, "--out", str(out), "--resume", "--steps", "12", "--warmup-steps", "0"))
     assert max(rec["step"] for rec in read_log(out) if "loss" in rec) == 12, r.stderr.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_mpiexec_saves_once_and_exits_non_zero(data, tmp_path, signum, code):
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(train_cmd(2, *run_args(data, out, "train.txt", steps=100000), "--save-every", "100000",
+                                      "--warmup-steps", "0"),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len([r for r in read_log_safe(out) if "loss" in r]) < 5:
+            assert proc.poll() is None, "the run ended before it could be stopped"
+            time.sleep(0.1)
+        proc.send_signal(signum)  # as Ctrl-C or `kill` would reach mpiexec, which hands it to every rank
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    err = err.decode()
+    assert proc.returncode == code, err[-3000:]
+    assert err.count("stopping (") == 1 and err.count("stopped by") == 1, "rank 0 alone says so, once"
+    last = max(r["step"] for r in read_log(out) if "loss" in r)
+    assert sorted(p.name for p in out.glob("optimizer-*")) == [f"optimizer-{last}.safetensors"], \
+        "every completed step is saved, once"
+    run(train_cmd(1, "--out", str(out), "--resume", "--steps", str(last + 2)))
+    assert max(r["step"] for r in read_log(out) if "loss" in r) == last + 2
 
 
 def read_log_safe(out: Path) -> list[dict]:
