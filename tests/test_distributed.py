@@ -1,5 +1,6 @@
 """Data-parallel training over MPI: 2 ranks equal 1 process (float32 reduction order aside), resume across rank
-counts, a dead rank ends the job, a signal to mpiexec saves once, rank 0 alone writes and speaks. Runs `mpiexec` (pip install 'minigpt2[mpi]')."""
+counts, a dead rank ends the job, a signal to mpiexec saves once, rank 0 alone writes and speaks. Runs
+`mpiexec` (pip install 'minigpt2[mpi]')."""
 
 import json
 import os
