@@ -666,7 +666,8 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
-            if n % cfg.eval_every == 0 or n == cfg.steps:
+            stopping = world.any(stop.requested)  # under MPI a stop asked during the step skips its validation
+            if (n % cfg.eval_every == 0 or n == cfg.steps) and not stopping:
                 try:
                     with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
                         val_loss = validate()  # every rank validates its share
@@ -679,7 +680,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
                                        metadata={"best_step": str(n), "val_loss": repr(val_loss)})
                 except StepAbandoned:
                     pass  # the step is complete; only its validation is dropped
-            if main and cfg.sample_every and n % cfg.sample_every == 0:
+            if main and cfg.sample_every and n % cfg.sample_every == 0 and not stopping:
                 text = sample_text(GPT2(config, params), tok, cfg.prompt, cfg.sample_tokens, seed=cfg.seed + n)
                 append_log(out, {"step": n, "sample": text})
                 if progress:
@@ -687,7 +688,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             if n % cfg.save_every == 0 or n == cfg.steps:
                 checkpoint(n)
                 last_saved = n
-            if world.any(stop.requested):  # every rank stops after the same step
+            if stopping or world.any(stop.requested):  # every rank stops after the same step
                 stop.requested = True
                 break
         if stop.requested:
