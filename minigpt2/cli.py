@@ -245,7 +245,8 @@ def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World
         where = "nothing was saved" if step is None else \
             f"the last checkpoint (step {step}) is in {cfg.out} (continue with --resume)"
         print(f"minigpt2-train: stopped by {signal.Signals(signum).name}; {where}", file=err)
-        return 128 + signum, None
+        agreed = isinstance(e, TrainingInterrupted)  # every rank stopped at the same step; else (a second
+        return 128 + signum, None if agreed else e  # signal, or one outside the loop) this rank stopped alone
     except TrainingDiverged as e:
         print(f"minigpt2-train: error: {e}", file=err)
         return 1, None

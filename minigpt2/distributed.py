@@ -109,13 +109,17 @@ class World:
 
         return float(self.comm.allreduce(x, op=MPI.SUM))
 
-    def any(self, flag: bool) -> bool:
-        """Whether `flag` is true on any rank (every rank gets the same answer)."""
+    def largest(self, n: int) -> int:
+        """The largest of the ranks' `n` (every rank gets it)."""
         if self.comm is None:
-            return flag
+            return n
         from mpi4py import MPI
 
-        return bool(self.comm.allreduce(int(flag), op=MPI.MAX))
+        return int(self.comm.allreduce(int(n), op=MPI.MAX))
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on any rank (every rank gets the same answer)."""
+        return bool(self.largest(int(flag)))
 
     def broadcast(self, value):
         """Rank 0's `value`, on every rank."""

@@ -40,6 +40,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -414,6 +415,14 @@ class StopRequest:
             self.in_step = False
             raise StepAbandoned
 
+    def agree(self, world: World) -> bool:
+        """Whether any rank was asked to stop; every rank gets the same answer and, if so, the same signal (the
+        highest-numbered one any rank got), so that all of them stop at the same point and exit alike."""
+        signum = world.largest(self.signum or 0)  # a signal arriving after this is seen at the next agreement
+        if signum:
+            self.requested, self.signum = True, signum
+        return bool(signum)
+
     @contextlib.contextmanager
     def abandonable(self):
         """Work in this block may be dropped half-way by a stop request (it changes nothing it cannot redo)."""
@@ -637,16 +646,18 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
     completed = start
     with StopRequest(announces=main) as stop, bar:
+        agreed_go_on = (lambda: not stop.agree(world)) if world.size > 1 else None
         for step in range(start, cfg.steps):
             states_before = {k: g.bit_generator.state for k, g in generators.items()}  # restored if abandoned
             t0 = time.perf_counter()
             lr = learning_rate(step, cfg.peak_lr, cfg.warmup, cfg.steps, cfg.min_lr)
             try:
-                # under MPI a step is never dropped half-way (the other ranks would wait for it): it ends first
+                # under MPI a rank never drops a step alone (the others would wait for it): the ranks agree
+                # between micro-batches whether any was asked to stop
                 with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
                     batches, tokens = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * accum
                     step_loss, grads = step_gradient(batches, isinstance(data, TaskData), params, config,
-                                                     cfg.dropout, drop_rng, world)
+                                                     cfg.dropout, drop_rng, world, agreed_go_on)
             except StepAbandoned:
                 for k, g in generators.items():
                     g.bit_generator.state = states_before[k]
@@ -666,7 +677,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
-            stopping = world.any(stop.requested)  # under MPI a stop asked during the step skips its validation
+            stopping = stop.agree(world)  # a stop asked during the step skips its validation and sample
             if (n % cfg.eval_every == 0 or n == cfg.steps) and not stopping:
                 try:
                     with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
@@ -688,8 +699,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             if n % cfg.save_every == 0 or n == cfg.steps:
                 checkpoint(n)
                 last_saved = n
-            if stopping or world.any(stop.requested):  # every rank stops after the same step
-                stop.requested = True
+            if stopping or stop.agree(world):  # every rank stops after the same step
                 break
         if stop.requested:
             if last_saved != completed:
@@ -775,7 +785,7 @@ def read_log_records(out: Path) -> list[dict]:
 
 def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
                   config: GPT2Config, dropout: float = 0.0, drop_rng: np.random.Generator | None = None,
-                  world: World | None = None) -> tuple[float, Params]:
+                  world: World | None = None, go_on: Callable[[], bool] | None = None) -> tuple[float, Params]:
     """(loss, gradient) of one step over its micro-batches: the mean over every scored token of all of them
     (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
     means (text: every window scores all of its tokens, so the two are the same). The gradient is this rank's
@@ -785,14 +795,18 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
     tokens (grad_scale = its tokens / the step's), so the sum of them is the step's gradient with no pass to
     rescale it. With a `world` of several ranks, each rank takes its share of every micro-batch's rows (it
     drew the whole batch, so it knows the step's token count), the losses are summed over the ranks, and the
-    gradient that comes back is this rank's rows of the sum (`World.rows`; distributed.py)."""
+    gradient that comes back is this rank's rows of the sum (`World.rows`; distributed.py). `go_on`, asked
+    before every micro-batch after the first (the same number of times on every rank), drops the step when it
+    says False (StepAbandoned)."""
     world = world or World()
     by_tokens = by_tokens or world.size > 1  # a rank's share of a micro-batch counts by its tokens
     total = sum(int((y >= 0).sum()) for _, y in batches) if by_tokens else len(batches)  # the whole step's
     if world.size > 1:
         batches = [(x[world.share(len(x))], y[world.share(len(y))]) for x, y in batches]  # this rank's rows
     loss_sum, grads = 0.0, None
-    for x, y in batches:
+    for i, (x, y) in enumerate(batches):
+        if i > 0 and go_on is not None and not go_on():
+            raise StepAbandoned
         w = int((y >= 0).sum()) if by_tokens else 1  # what this micro-batch (share) weighs in the step's mean
         if w == 0:
             continue  # an empty share (fewer rows than ranks), or nothing scored

@@ -180,6 +180,36 @@ def test_a_signal_to_mpiexec_saves_once_and_exits_non_zero(data, tmp_path, signu
     assert max(r["step"] for r in read_log(out) if "loss" in r) == last + 2
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks through /proc (Linux)")
+def test_a_step_stopped_between_micro_batches_resumes_bit_exact(data, tmp_path):
+    """With --grad-accum the ranks agree between micro-batches to drop the step in flight; what it drew is
+    put back, so the resumed run is the run that was never stopped."""
+    args = ["--grad-accum", "40", "--warmup-steps", "0", "--save-every", "1000"]
+    run(train_cmd(2, *run_args(data, tmp_path / "whole", "train.txt", steps=30), *args))
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(train_cmd(2, *run_args(data, out, "train.txt", steps=30), *args), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len([r for r in read_log_safe(out) if "loss" in r]) < 2:
+            assert proc.poll() is None, "the run ended before it could be stopped"
+            time.sleep(0.05)
+        os.kill(rank_pids(str(out))[1], signal.SIGINT)  # one rank alone is asked: the others must follow
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()[-3000:]
+    stopped_at = max(r["step"] for r in read_log(out) if "loss" in r)
+    assert stopped_at < 30
+    run(train_cmd(2, "--out", str(out), "--resume", "--steps", "30"))
+    losses = [[r["loss"] for r in read_log(tmp_path / d) if "loss" in r] for d in ("whole", "stopped")]
+    assert losses[0] == losses[1]
+    whole, stopped = weights(tmp_path / "whole"), weights(out)
+    for k in whole:
+        assert np.array_equal(whole[k], stopped[k]), k
+
+
 def read_log_safe(out: Path) -> list[dict]:
     records = []
     for line in (out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").is_file() else []:

@@ -479,3 +479,18 @@ def test_blas_threads_can_be_set_while_running():
     assert default_threads(768, processes=os.cpu_count()) == 1, "the machine's cores shared by its ranks"
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         set_blas_threads(0)
+
+
+def test_step_gradient_asks_go_on_between_micro_batches_and_drops_the_step_when_told():
+    from minigpt2.train import StepAbandoned, step_gradient
+
+    model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=8, n_head=2, n_layer=1))
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 10, (2, 8)), rng.integers(0, 10, (2, 8))) for _ in range(4)]
+    asked = []
+    step_gradient(batches, False, model.params, model.config, go_on=lambda: asked.append(1) or True)
+    assert len(asked) == 3, "once before each micro-batch after the first"
+    answers = iter([True, False])
+    with pytest.raises(StepAbandoned):
+        step_gradient(batches, False, model.params, model.config, go_on=lambda: next(answers))
+    assert next(answers, "asked no more") == "asked no more", "the step ends at the first No"
