@@ -40,7 +40,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,7 @@ from .tasks import (
     encode_examples,
     examples_at,
     is_task_file,
+    length_batches,
     pad_batch,
     read_task_file,
 )
@@ -681,7 +682,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
             if (n % cfg.eval_every == 0 or n == cfg.steps) and not stopping:
                 try:
                     with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
-                        val_loss = validate()  # every rank validates its share
+                        val_loss = validate(agreed_go_on)  # every rank validates its share
                     log({"step": n, "val_loss": val_loss})
                     if progress:
                         bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}", file=sys.stderr)
@@ -843,32 +844,56 @@ def step_batches(data: TextData | TaskData, cfg: TrainConfig, step: int, rng: np
 
 def validator(data: TextData | TaskData, cfg: TrainConfig, params: Params, config: GPT2Config, progress: bool,
               world: World | None = None):
-    """A function of no arguments returning the validation loss of the model as it is now (under MPI every
-    rank calls it: each evaluates its share of the batches or examples, and the sums are added up).
+    """A function returning the validation loss of the model as it is now (under MPI every rank calls it: each
+    evaluates its share of the batches or examples, and the sums are added up); its one optional argument,
+    `go_on`, is asked between batches as `agreed_rounds` says.
 
     Text: the mean loss over eval_batches fixed random windows of the validation tokens. Task file: the mean
     NLL over every scored token of every validation example (comparable between runs of one file)."""
     world = world or World()
     if isinstance(data, TaskData):
-        def task_val_loss() -> float:
-            total, count = completion_nll(data.val[world.share(len(data.val))], params, config, cfg.batch_size,
-                                          progress)
+        def task_val_loss(go_on: Callable[[], bool] | None = None) -> float:
+            batches = length_batches(data.val[world.share(len(data.val))], cfg.batch_size)  # this rank's
+            rounds = ceil_div(ceil_div(len(data.val), world.size), cfg.batch_size)  # the largest share's batches
+            total, count = 0.0, 0
+            for batch in tqdm(agreed_rounds(batches, rounds, go_on), total=len(batches), desc="validating",
+                              unit="batch", disable=not progress, leave=False):
+                nll, n = completion_nll(batch, params, config, cfg.batch_size)
+                total, count = total + nll, count + n
             return world.sum_float(total) / world.sum_float(count)
         return task_val_loss
     val_rng = np.random.default_rng([cfg.seed, 1])  # the same validation windows at every evaluation
     val_batches = [random_windows(data.val, cfg.block_size, cfg.batch_size, val_rng) for _ in range(cfg.eval_batches)]
-    return lambda: validation_loss(val_batches, params, config, progress, world)
+    return lambda go_on=None: validation_loss(val_batches, params, config, progress, world, go_on)
 
 
 def validation_loss(batches: list[tuple[np.ndarray, np.ndarray]], params: Params, config: GPT2Config,
-                    progress: bool = False, world: World | None = None) -> float:
+                    progress: bool = False, world: World | None = None,
+                    go_on: Callable[[], bool] | None = None) -> float:
     """The mean loss over the validation batches (inputs, targets), forward only; with a `world` of several
-    ranks, each takes its share of the batches and the sums are added up."""
+    ranks, each takes its share of the batches and the sums are added up. `go_on`: as in `agreed_rounds`."""
     world = world or World()
     mine = batches[world.share(len(batches))]
-    total = sum(loss(x, y, params, config) for x, y in tqdm(mine, desc="validating", unit="batch",
-                                                            disable=not progress, leave=False))
+    total = 0.0
+    for x, y in tqdm(agreed_rounds(mine, ceil_div(len(batches), world.size), go_on), total=len(mine),
+                     desc="validating", unit="batch", disable=not progress, leave=False):
+        total += loss(x, y, params, config)
     return world.sum_float(total) / len(batches)
+
+
+def agreed_rounds(items: list, rounds: int, go_on: Callable[[], bool] | None = None) -> Iterator:
+    """`items` one at a time over `rounds` rounds (the most any rank has: under MPI the ranks' shares differ
+    by one at most), asking `go_on` before every round after the first, so that every rank asks it as often
+    (it is a collective under MPI); a False drops the work (StepAbandoned)."""
+    for i in range(rounds):
+        if i > 0 and go_on is not None and not go_on():
+            raise StepAbandoned
+        if i < len(items):
+            yield items[i]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def add_into(total: Params, more: Params) -> Params:

@@ -494,3 +494,42 @@ def test_step_gradient_asks_go_on_between_micro_batches_and_drops_the_step_when_
     with pytest.raises(StepAbandoned):
         step_gradient(batches, False, model.params, model.config, go_on=lambda: next(answers))
     assert next(answers, "asked no more") == "asked no more", "the step ends at the first No"
+
+
+def rank_of(rank: int, size: int):
+    """One rank's view of a run of `size` ranks, without MPI: its shares, its sums not added up."""
+    from minigpt2.distributed import World
+
+    world = World()
+    world.rank, world.size = rank, size
+    return world
+
+
+@pytest.mark.parametrize("kind", ["text", "task"])
+def test_validation_asks_go_on_as_often_on_every_rank_and_stops_when_told(kind):
+    from minigpt2.tasks import Example
+    from minigpt2.train import StepAbandoned, TaskData, TextData, validator
+
+    model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=8, n_head=2, n_layer=1))
+    rng = np.random.default_rng(0)
+    if kind == "text":
+        data = TextData(rng.integers(0, 10, 100), rng.integers(0, 10, 100))
+        cfg = TrainConfig(data="-", out="-", block_size=4, batch_size=2, eval_batches=7)
+        most = 3  # of 7 batches over 3 ranks: 3, 2, 2
+    else:
+        examples = [Example(rng.integers(0, 10, rng.integers(3, 8)), 2) for _ in range(13)]
+        data = TaskData(examples, examples)
+        cfg = TrainConfig(data="-", out="-", block_size=8, batch_size=2)
+        most = 3  # of 13 examples over 3 ranks: 5, 4, 4, in batches of 2: 3, 2, 2
+    parts = []
+    for rank in range(3):
+        asked = []
+        parts.append(validator(data, cfg, model.params, model.config, False, rank_of(rank, 3))(
+            lambda: asked.append(1) or True))
+        assert len(asked) == most - 1, f"rank {rank} asks as often as the rank with the most batches"
+    if kind == "text":  # each rank's part of the mean (a task's per-token mean does not split so)
+        np.testing.assert_allclose(sum(parts), validator(data, cfg, model.params, model.config, False)(), rtol=1e-6)
+    answers = iter([True, False])
+    with pytest.raises(StepAbandoned):
+        validator(data, cfg, model.params, model.config, False)(lambda: next(answers))
+    assert next(answers, "asked no more") == "asked no more"
