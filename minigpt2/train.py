@@ -797,17 +797,14 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
     rescale it. With a `world` of several ranks, each rank takes its share of every micro-batch's rows (it
     drew the whole batch, so it knows the step's token count), the losses are summed over the ranks, and the
     gradient that comes back is this rank's rows of the sum (`World.rows`; distributed.py). `go_on`, asked
-    before every micro-batch after the first (the same number of times on every rank), drops the step when it
-    says False (StepAbandoned)."""
+    between micro-batches (`agreed_rounds`), drops the step when it says False (StepAbandoned)."""
     world = world or World()
     by_tokens = by_tokens or world.size > 1  # a rank's share of a micro-batch counts by its tokens
     total = sum(int((y >= 0).sum()) for _, y in batches) if by_tokens else len(batches)  # the whole step's
     if world.size > 1:
         batches = [(x[world.share(len(x))], y[world.share(len(y))]) for x, y in batches]  # this rank's rows
     loss_sum, grads = 0.0, None
-    for i, (x, y) in enumerate(batches):
-        if i > 0 and go_on is not None and not go_on():
-            raise StepAbandoned
+    for x, y in agreed_rounds(batches, len(batches), go_on):  # every rank has as many micro-batches
         w = int((y >= 0).sum()) if by_tokens else 1  # what this micro-batch (share) weighs in the step's mean
         if w == 0:
             continue  # an empty share (fewer rows than ranks), or nothing scored
