@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from .config import ArgumentError
-from .distributed import World
+from .distributed import World, launched_rank, launched_size
 from .distributed import world as distributed_world
 from .download import DownloadError
 from .evaluate import (
@@ -60,6 +60,18 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def one_process_only(prog: str) -> int | None:
+    """Exit code 2, said once, when mpiexec started several copies of a command that does not split its work
+    (only minigpt2.train runs data-parallel: each copy would do all of it, fighting the others for the cores);
+    None in one process."""
+    if launched_size() <= 1:
+        return None
+    if launched_rank() == 0:
+        print(f"{prog}: error: runs in one process (mpiexec -n N is for python -m minigpt2.train); run it without "
+              "mpiexec", file=sys.stderr)
+    return 2
+
+
 def fail(prog: str, e: Exception) -> int:
     """Print the error as one line (an ArgumentError names its flag) and return exit code 2."""
     message = f"--{e.name.replace('_', '-')} {e.message}" if isinstance(e, ArgumentError) else str(e)
@@ -91,6 +103,9 @@ def generate_parser() -> argparse.ArgumentParser:
 def generate_main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.generate "prompt"`: print GPT-2's continuation as it is produced."""
     args = generate_parser().parse_args(argv)
+    refused = one_process_only("minigpt2-generate")
+    if refused is not None:
+        return refused
     err = sys.stderr
     try:  # the library's own checks, before the model loads
         check_generation_args(args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
@@ -284,6 +299,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                    "total_nll, perplexity, bits_per_byte, bytes; for a task file: file, examples, tokens, nll, "
                    "perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
     args = p.parse_args(argv)
+    refused = one_process_only("minigpt2-evaluate")
+    if refused is not None:
+        return refused
     err = sys.stderr
     try:
         texts = [read_task_file(f) if is_task_file(f) else read_text(f) for f in args.files]  # all good first
@@ -333,6 +351,9 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="write even where another model is: other formats' "
                    "files stay beside ours; a Hugging Face model minigpt2 did not export is replaced")
     args = p.parse_args(argv)
+    refused = one_process_only("minigpt2-export")
+    if refused is not None:
+        return refused
     try:
         model = GPT2.from_pretrained(args.model)
         try:

@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 
 def share_of(n: int, rank: int, size: int) -> slice:
@@ -140,11 +141,21 @@ def on_this_machine(comm) -> int:
 
 def launched_size() -> int:
     """The number of processes the MPI launcher started (1 when not launched under MPI)."""
-    for name in SIZE_VARIABLES:
+    return launcher_says(SIZE_VARIABLES, 1)
+
+
+def launched_rank() -> int:
+    """This process's rank as the MPI launcher numbered it (0 when not launched under MPI)."""
+    return launcher_says(RANK_VARIABLES, 0)
+
+
+def launcher_says(names: tuple[str, ...], default: int) -> int:
+    """The first of the environment variables `names` that holds a number (MPICH, Open MPI, MVAPICH set them)."""
+    for name in names:
         value = os.environ.get(name)
         if value and value.isdigit():
             return int(value)
-    return 1
+    return default
 
 
 def world() -> World:

@@ -284,3 +284,15 @@ def test_the_zero_stage_1_collectives(ranks):
                        cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert r.stdout.decode().count("ok") == ranks  # every rank got through its checks (lines may interleave)
+
+
+@pytest.mark.parametrize("command, args", [("generate", ["hi"]), ("evaluate", ["notes.txt"]),
+                                           ("export", ["124M", "out-hf"])])
+def test_commands_that_do_not_split_their_work_refuse_several_ranks_once(tmp_path, command, args):
+    r = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", f"minigpt2.{command}", *args], cwd=tmp_path,
+                       capture_output=True, timeout=120)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2
+    assert lines == [f"minigpt2-{command}: error: runs in one process (mpiexec -n N is for python -m minigpt2.train); "
+                     "run it without mpiexec"], "one line, from the first rank"
+    assert not list(tmp_path.iterdir()), "nothing was done"
