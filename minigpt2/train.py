@@ -882,6 +882,7 @@ def agreed_rounds(items: list, rounds: int, go_on: Callable[[], bool] | None = N
     """`items` one at a time over `rounds` rounds (the most any rank has: under MPI the ranks' shares differ
     by one at most), asking `go_on` before every round after the first, so that every rank asks it as often
     (it is a collective under MPI); a False drops the work (StepAbandoned)."""
+    assert rounds >= len(items), f"{len(items)} items in {rounds} rounds"
     for i in range(rounds):
         if i > 0 and go_on is not None and not go_on():
             raise StepAbandoned
