@@ -102,8 +102,9 @@ def generate_parser() -> argparse.ArgumentParser:
 
 def generate_main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.generate "prompt"`: print GPT-2's continuation as it is produced."""
-    args = generate_parser().parse_args(argv)
-    refused = one_process_only("minigpt2-generate")
+    parser = generate_parser()
+    args = parser.parse_args(argv)
+    refused = one_process_only(parser.prog)
     if refused is not None:
         return refused
     err = sys.stderr
@@ -299,7 +300,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                    "total_nll, perplexity, bits_per_byte, bytes; for a task file: file, examples, tokens, nll, "
                    "perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
     args = p.parse_args(argv)
-    refused = one_process_only("minigpt2-evaluate")
+    refused = one_process_only(p.prog)
     if refused is not None:
         return refused
     err = sys.stderr
@@ -351,7 +352,7 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="write even where another model is: other formats' "
                    "files stay beside ours; a Hugging Face model minigpt2 did not export is replaced")
     args = p.parse_args(argv)
-    refused = one_process_only("minigpt2-export")
+    refused = one_process_only(p.prog)
     if refused is not None:
         return refused
     try:

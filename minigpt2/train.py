@@ -311,7 +311,7 @@ def check_memory(cfg: TrainConfig, config: GPT2Config, world: World | None = Non
     gb = 1e9
     here = world.local_size  # processes of the run on this machine
     weights = here * 4 * (2 + 2 / world.size) * param_count(config)  # bytes: params, grads, m, v in float32
-    rows = -(-cfg.batch_size // world.size)  # a rank's share of a micro-batch, rounded up
+    rows = ceil_div(cfg.batch_size, world.size)  # the largest rank's share of a micro-batch
     acts = here * (4 * rows * cfg.block_size * (16 * config.n_embd * config.n_layer + 4 * config.n_embd)
                    + 4 * 4 * rows * config.n_head * cfg.block_size ** 2)
     ranks = f" ({here} ranks on this machine)" if here > 1 else ""
