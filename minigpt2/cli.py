@@ -24,7 +24,8 @@ from pathlib import Path
 from .config import ArgumentError
 from .distributed import World, launched_rank, launched_size
 from .distributed import world as distributed_world
-from .download import DownloadError
+from .download import DownloadError, unavailable_message
+from .files import decode_utf8
 from .evaluate import (
     check_batch_size,
     check_windows,
@@ -53,11 +54,47 @@ from .vocab import ENDOFTEXT
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse for minigpt2's command lines: a bad flag is one line and exit code 2, not usage + message."""
+    """argparse for minigpt2's command lines: a bad flag is one line and exit code 2, not usage + message;
+    --version on every command."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s (minigpt2) {version()}",
+                          help="print minigpt2's version and exit")
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def version() -> str:
+    from . import __version__  # the package's (it imports the modules this one imports)
+
+    return __version__
+
+
+def finish(code: int) -> int:
+    """A command's exit code, made final: from here on Ctrl-C and SIGTERM are ignored, so that a second signal
+    arriving while Python shuts down (joining tqdm's thread, say) can neither print 'Exception ignored ...
+    KeyboardInterrupt' nor turn the exit code into the signal's."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    return code
+
+
+def command(main):
+    """Wrap a command's main(argv) -> int: Ctrl-C anywhere is exit code 130 with one line, never a traceback,
+    and the code returned is final (`finish`)."""
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            code = main(argv)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            code = 128 + signal.SIGINT
+        return finish(code)
+
+    run.__name__, run.__doc__, run.__wrapped__ = main.__name__, main.__doc__, main
+    return run
 
 
 def one_process_only(prog: str) -> int | None:
@@ -79,14 +116,44 @@ def fail(prog: str, e: Exception) -> int:
     return 2
 
 
+# --- python -m minigpt2 -----------------------------------------------------------------------------------
+
+COMMANDS = {
+    "generate": ("continue a prompt (GPT-2 124M, or the bundled tiny model offline)", "generate_main"),
+    "train": ("pre-train or fine-tune on text or a .jsonl task file", "train_main"),
+    "evaluate": ("perplexity of text files, scores of task files", "evaluate_main"),
+    "export": ("write a model in Hugging Face's layout", "export_main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt2`: list the commands; `python -m minigpt2 COMMAND ...` runs one."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return globals()[COMMANDS[argv[0]][1]](argv[1:])
+    if argv and argv[0] == "--version":
+        print(f"minigpt2 {version()}")
+        return 0
+    out = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
+    if out is sys.stderr:
+        print(f"minigpt2: error: unknown command {argv[0]!r}", file=out)
+    print(f"minigpt2 {version()}: GPT-2 in NumPy. Commands (python -m minigpt2.COMMAND, or python -m minigpt2 "
+          "COMMAND; --help on each):", file=out)
+    for name, (what, _) in COMMANDS.items():
+        print(f"  {name:<9} {what}", file=out)
+    return 0 if out is sys.stdout else 2
+
+
 # --- generate -------------------------------------------------------------------------------------------
 
 
 def generate_parser() -> argparse.ArgumentParser:
     p = Parser(prog="minigpt2-generate", description="Continue a prompt with GPT-2 (NumPy).")
     p.add_argument("prompt", help="text to continue; '-' reads it from standard input; '' samples unconditionally")
-    p.add_argument("--model", default="124M", help="124M, 355M, 774M, 1558M (or gpt2, gpt2-medium, ...), "
-                   "downloaded once; or a directory with OpenAI, Hugging Face or converted files (default 124M)")
+    p.add_argument("--model", default=None, help="124M, 355M, 774M, 1558M (or gpt2, gpt2-medium, ...), "
+                   "downloaded once; tiny, the small model bundled with minigpt2; or a directory with OpenAI, Hugging "
+                   "Face or minigpt2 files (default 124M, or tiny, saying so, when 124M is neither cached nor "
+                   "downloadable)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
     p.add_argument("--top-k", type=int, default=40, help="sample from the k most likely tokens; 0 = all (default 40)")
@@ -100,6 +167,7 @@ def generate_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def generate_main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.generate "prompt"`: print GPT-2's continuation as it is produced."""
     parser = generate_parser()
@@ -117,10 +185,10 @@ def generate_main(argv: list[str] | None = None) -> int:
     # never a UnicodeEncodeError on a console that is not UTF-8: unprintable characters become "?"
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
-        model = GPT2.from_pretrained(args.model)
-        tok = model_tokenizer(args.model, model.config.n_vocab)
+        prompt = read_prompt(args.prompt)
+        model, name = generation_model(args.model)
+        tok = model_tokenizer(name, model.config.n_vocab)
         eot_id = tok.special_tokens.get(ENDOFTEXT)
         if not prompt and eot_id is None:
             raise ValueError("an empty prompt starts after <|endoftext|>, which this vocabulary does not have")
@@ -132,6 +200,8 @@ def generate_main(argv: list[str] | None = None) -> int:
                    eot_id=eot_id)
     try:
         print_continuations(model, tok, ids, args, options)
+    except ArgumentError as e:  # checks that need the model (the memory a batch of samples takes)
+        return fail("minigpt2-generate", e)
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, as a shell tool does
         print(file=err)
         return 130
@@ -140,6 +210,33 @@ def generate_main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
+
+
+def read_prompt(arg: str) -> str:
+    """The prompt: the argument, or standard input for '-', as UTF-8 text (one message for bytes that are not,
+    from either)."""
+    if arg == "-":
+        return decode_utf8(sys.stdin.buffer.read(), "standard input")
+    # subtle: Python hands over argument bytes that are not UTF-8 as lone surrogates; back to those bytes
+    return decode_utf8(arg.encode("utf-8", "surrogateescape"), "the prompt")
+
+
+DEFAULT_MODEL, FALLBACK_MODEL = "124M", "tiny"
+
+
+def generation_model(name: str | None) -> tuple[GPT2, str]:
+    """(the model, its name): `name`, or by default GPT-2 124M, and when that is neither cached nor downloadable
+    the bundled model, said in one line on stderr. A model named explicitly is never replaced: a DownloadError
+    becomes the one line that says how to get it."""
+    try:
+        return GPT2.from_pretrained(name or DEFAULT_MODEL), name or DEFAULT_MODEL
+    except DownloadError as e:
+        line = unavailable_message(name or DEFAULT_MODEL, e)
+        if name is not None:
+            raise DownloadError(line) from None
+    print(f"minigpt2-generate: {line}. The text below is by minigpt2's bundled model '{FALLBACK_MODEL}' (a small "
+          "model trained on Python's documentation), not by GPT-2", file=sys.stderr)
+    return GPT2.from_pretrained(FALLBACK_MODEL), FALLBACK_MODEL
 
 
 def model_tokenizer(model: str, n_vocab: int) -> Tokenizer:
@@ -228,6 +325,7 @@ def flags_given(argv: list[str] | None) -> set[str]:
     return set(vars(parser.parse_args(argv))) - {"resume", "out"}
 
 
+@command
 def train_main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.train --data PATH --out DIR`: train, checkpointing as it goes."""
     parser = train_parser()
@@ -253,6 +351,7 @@ def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World
     """Run `train`; (exit code, the error if any), with the lines rank 0 prints (another rank prints an error
     only if it is its own)."""
     err = sys.stderr if world.is_main else io.StringIO()  # the other ranks' lines go nowhere
+    before = run_state(Path(cfg.out)) if resume and Path(cfg.out).is_dir() else None
     try:
         model = train(cfg, resume=resume, changes=changes, world=world)
     except KeyboardInterrupt as e:  # TrainingInterrupted after a checkpoint, or Ctrl-C before the run began
@@ -270,6 +369,11 @@ def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World
         own = world.is_main or not (getattr(e, "everywhere", False) or isinstance(e, OtherRankFailed))
         print(f"minigpt2-train: error: {e}", file=sys.stderr if own else err)
         return 2, e
+    after = run_state(Path(cfg.out))
+    if resume and after == before:
+        print(f"minigpt2-train: nothing to do: the run has {after} of {after} steps; pass --steps M (more than "
+              f"{after}) with --resume to extend it", file=err)
+        return 0, None
     print(f"trained {model}; saved in {cfg.out}", file=err)
     done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r] if world.is_main else []
     if done:
@@ -278,14 +382,16 @@ def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World
             if s["best_step"] else ""
         last = f"{s['last_val_loss']:.4f} (perplexity {s['last_perplexity']:.3f})" if s["last_perplexity"] else \
             str(s["last_val_loss"])
-        print(f"{s['steps']} steps, {s['tokens']:,} tokens, {s['wall_seconds']:.1f} s; validation loss: last {last}"
-              f"{best}", file=err)
+        took = f"{s['session_seconds']:.1f} s" + (f" now, {s['run_seconds']:.1f} s in all" if resume and
+                                                  s.get("run_seconds") is not None else "")
+        print(f"{s['steps']} steps, {s['tokens']:,} tokens, {took}; validation loss: last {last}{best}", file=err)
     return 0, None
 
 
 # --- evaluate -------------------------------------------------------------------------------------------
 
 
+@command
 def evaluate_main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.evaluate FILE ... --model M`: each text file's tokens, NLL per token, perplexity,
     bits/byte; each .jsonl task file's scores (score_task_file)."""
@@ -344,6 +450,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 # --- export ---------------------------------------------------------------------------------------------
 
 
+@command
 def export_main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.export MODEL DEST`: write a model in Hugging Face's layout."""
     p = Parser(prog="minigpt2-export", description="Write a model in Hugging Face's GPT-2 layout.")
@@ -362,7 +469,13 @@ def export_main(argv: list[str] | None = None) -> int:
         except FileNotFoundError:
             tok = False  # a model saved without its vocabulary: the weights alone, said below
             print(f"minigpt2-export: {args.model} holds no vocabulary; writing the weights alone", file=sys.stderr)
-        model.save(args.dest, tok, format="huggingface", overwrite=args.overwrite)
+        try:
+            model.save(args.dest, tok, format="huggingface", overwrite=args.overwrite)
+        except OSError as e:
+            if not e.strerror:
+                raise
+            where = f" ({e.filename})" if e.filename and os.path.abspath(e.filename) != os.path.abspath(args.dest) else ""
+            raise OSError(f"DEST {args.dest}: cannot write the model there{where}: {e.strerror}") from None
     except OverwriteRefused as e:
         print(f"minigpt2-export: error: {e.reason}. Export into another directory, or pass --overwrite to "
               f"{e.overwrite_does}", file=sys.stderr)

@@ -94,5 +94,6 @@ def canonical_name(name: str) -> str:
     key = ALIASES.get(str(name).lower(), str(name).upper())
     if key not in SIZES:
         known = ", ".join(list(SIZES) + list(ALIASES))
-        raise ValueError(f"unknown model name {name!r}; known names: {known} (or give a directory path)")
+        raise ValueError(f"unknown model name {name!r}; known names: {known}, tiny (bundled with minigpt2), or a "
+                         "directory path")
     return key

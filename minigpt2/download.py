@@ -42,7 +42,12 @@ BACKOFF_SECONDS = 0.5  # wait before retry k: BACKOFF_SECONDS * 2**(k-1), 7.5 s 
 
 
 class DownloadError(RuntimeError):
-    """A file could not be downloaded; the message names the URL and how to place the file by hand."""
+    """A file could not be downloaded; the message names the URL and how to place the file by hand. `url` is
+    the file's address and `reason` what went wrong, in a few words."""
+
+    def __init__(self, message: str, url: str = "", reason: str = ""):
+        super().__init__(message)
+        self.url, self.reason = url, reason
 
 
 def base_url() -> str:
@@ -134,7 +139,7 @@ def _download(url: str, dest: Path, session: requests.Session | None, retries: i
     backoff = BACKOFF_SECONDS if backoff is None else backoff
     part = dest.with_name(dest.name + ".part")
     session = session or requests.Session()
-    last_error = "unknown error"
+    last_error, reason = "unknown error", ""
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
@@ -142,15 +147,17 @@ def _download(url: str, dest: Path, session: requests.Session | None, retries: i
             if _fetch_into(session, url, part, timeout, progress):
                 os.replace(part, dest)  # atomic: the final name only ever holds a complete file
                 return dest
-            last_error = "the connection ended before all bytes arrived"
+            last_error = reason = "the connection ended before all bytes arrived"
         except _Retryable as e:
-            last_error = str(e)
+            last_error = reason = str(e)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
             last_error = f"{type(e).__name__}: {e}"
+            reason = type(e).__name__
     raise DownloadError(
         f"could not download {url} after {retries + 1} attempts ({last_error}).\n"
         f"Without network, fetch that URL elsewhere and place the file at {dest} "
-        f"(a partial download, if any, is kept at {part} and resumes next time)."
+        f"(a partial download, if any, is kept at {part} and resumes next time).",
+        url=url, reason=reason or last_error,
     )
 
 
@@ -174,7 +181,8 @@ def _fetch_into(session: requests.Session, url: str, part: Path, timeout: float,
         if r.status_code not in (200, 206):
             raise DownloadError(
                 f"{url} answered HTTP {r.status_code} {r.reason}; nothing was saved. "
-                "Check the model name, or $MINIGPT2_BASE_URL if you set it."
+                "Check the model name, or $MINIGPT2_BASE_URL if you set it.",
+                url=url, reason=f"HTTP {r.status_code} {r.reason}",
             )
         if r.status_code == 200:  # full body (the server ignored or was not asked for a range)
             have, total = 0, _int_or_none(r.headers.get("Content-Length"))
@@ -203,3 +211,13 @@ def _total_from_content_range(value: str) -> int | None:
     """ "bytes 100-199/1000" or "bytes */1000" -> 1000."""
     total = value.rpartition("/")[2].strip()
     return int(total) if total.isdigit() else None
+
+
+def unavailable_message(name: str, error: DownloadError) -> str:
+    """One line for a released model that is neither in the cache nor downloadable: what failed, and the three
+    ways to get it (online, a mirror in $MINIGPT2_BASE_URL, or its seven files placed by hand)."""
+    name = canonical_name(name)
+    failed = f"{error.url}: {error.reason}" if error.url else str(error).splitlines()[0]
+    return (f"GPT-2 {name} is not in the cache and could not be downloaded ({failed}); to get it, run once with "
+            f"network, or set MINIGPT2_BASE_URL to a mirror of {OPENAI_BASE_URL}, or place its seven files "
+            f"({', '.join(MODEL_FILES)}) in {openai_dir(name)}")

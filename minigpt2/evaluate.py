@@ -106,6 +106,8 @@ def evaluate(model, ids=None, *, text: str | None = None, tokenizer: Tokenizer |
     if text is not None:
         if tokenizer is None:
             raise ValueError("evaluate(text=...) needs the tokenizer that goes with the model")
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"evaluate(text=...) needs a non-empty string to score, got {text!r}")
         ids = tokenizer.encode(text)
         eot_id = tokenizer.special_tokens.get(ENDOFTEXT, eot_id)
     if ids is None:

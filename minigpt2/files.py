@@ -21,6 +21,12 @@ def read_utf8(path: str | os.PathLike, what: str = "") -> str:
         raise FileNotFoundError(f"{label} does not exist") from None
     except IsADirectoryError:
         raise IsADirectoryError(f"{label} is a directory, not a file") from None
+    return decode_utf8(raw, label)
+
+
+def decode_utf8(raw: bytes, label: str) -> str:
+    """`raw` as UTF-8 text; a ValueError that names `label` (a file, "standard input") and the first bad byte,
+    its offset and its line."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

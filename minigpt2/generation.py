@@ -19,10 +19,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import ArgumentError
+from .machine import physical_memory
 from .model import KVCache, check_ids, gpt2
 from .sample import apply_repetition_penalty, check_sampling_args, sample
 
 EOT_ID = 50256  # GPT-2's <|endoftext|>
+MAX_NEW_TOKENS = 1_000_000  # a request beyond this is a typo, not a plan: refused
 
 
 def default_eot_id(model) -> int | None:
@@ -44,6 +46,9 @@ def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: 
     # every check happens here, so that bad arguments fail at the call rather than at the first step
     check_generation_args(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           repetition_penalty=repetition_penalty, seed=seed, num_samples=num_samples)
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"generate() takes token ids, not text; encode the text first: "
+                        f"model.generate(tok.encode({ids!r}), {max_new_tokens})")
     prompt = np.asarray(ids)
     if prompt.ndim != 1 or prompt.size == 0:
         raise ValueError(f"the prompt must be a non-empty 1-D sequence of ids, got shape {prompt.shape}")
@@ -56,6 +61,7 @@ def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: 
     eot_id = default_eot_id(model) if eot_id is None else eot_id
     if eot_id is not None and not 0 <= eot_id < model.config.n_vocab:
         raise ValueError(f"eot_id {eot_id} is outside the vocabulary [0, {model.config.n_vocab})")
+    check_memory(model.config, num_samples or 1, min(prompt.size + max_new_tokens, model.config.n_ctx))
     return _steps(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                   np.random.default_rng(seed), stop_at_eot and eot_id is not None, num_samples,
                   -1 if eot_id is None else eot_id)
@@ -68,10 +74,36 @@ def check_generation_args(max_new_tokens: int, *, temperature: float = 1.0, top_
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ArgumentError("max_new_tokens", f"must be >= 0 (a whole number), got {max_new_tokens!r}")
+    if max_new_tokens > MAX_NEW_TOKENS:
+        raise ArgumentError("max_new_tokens", f"must be at most {MAX_NEW_TOKENS:,} (days of decoding for GPT-2 "
+                                              f"124M on a CPU), got {max_new_tokens:,}")
     if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
         raise ArgumentError("num_samples", f"must be a positive integer or None, got {num_samples!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ArgumentError("seed", f"must be a non-negative integer or None, got {seed!r}")
+
+
+def generation_bytes(config, batch: int, length: int) -> int:
+    """About the bytes a batch of `batch` sequences of `length` tokens needs: the KV cache (preallocated to
+    n_ctx), the prompt's forward pass (one layer's attention scores and MLP at a time) and the sampler's
+    float64 work on a row of logits."""
+    C, V, T = config.n_embd, config.n_vocab, length
+    cache = 2 * config.n_layer * config.n_ctx * C * 4  # k and v, float32
+    prefill = T * (3 * C + 4 * C + 2 * V) * 4 + 2 * config.n_head * T * T * 4  # qkv, MLP, logits, scores
+    sampler = 6 * V * 8  # softmax, cumsum, argsort, ... in float64 / int64
+    return batch * (cache + prefill + sampler)
+
+
+def check_memory(config, batch: int, length: int) -> None:
+    """ArgumentError naming num_samples (or max_new_tokens) before anything is allocated, when the batch
+    cannot fit in this machine's memory."""
+    total = physical_memory()
+    need = generation_bytes(config, batch, length)
+    if total is not None and need > total:
+        per = generation_bytes(config, 1, length)
+        raise ArgumentError("num_samples", f"{batch:,} samples need about {need / 1e9:,.1f} GB ({per / 1e6:,.0f} MB "
+                                           f"each, mostly the KV cache), more than this machine's {total / 1e9:.1f} "
+                                           f"GB; at most {max(1, total // per):,} fit")
 
 
 def _steps(model, prompt: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,

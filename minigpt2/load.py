@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundled import bundled_dir
 from .config import GPT2Config, canonical_name
 from .download import MODEL_FILES, cache_dir, download_openai_files
 from .files import CONVERTED_FILE
@@ -269,14 +270,21 @@ def load_dir(directory: str | os.PathLike, verify_crc: bool = False) -> tuple[GP
 
 def load_model(name_or_path: str | os.PathLike, progress: bool = True, verify_crc: bool = False,
                ) -> tuple[GPT2Config, Params]:
-    """A model name (downloaded and converted once, checksums verified, then loaded from the cache) or a
-    directory -> (config, params). `verify_crc`: also verify a TensorFlow checkpoint directory's checksums."""
+    """A model name (downloaded and converted once, checksums verified, then loaded from the cache; "tiny" is
+    bundled with the package) or a directory -> (config, params). A directory wins over a name it shares. `verify_crc`: also verify a TensorFlow checkpoint directory's checksums."""
     path = Path(name_or_path)
     if path.is_dir():
         config, flat = load_dir(path, verify_crc)
         return config, unflatten(flat)
-    if os.sep in str(name_or_path) or path.exists():
+    if path.exists():
+        raise NotADirectoryError(f"{path} is a file; a model is a directory (OpenAI's, Hugging Face's or "
+                                 "minigpt2's files), or a name such as 124M or tiny")
+    if os.sep in str(name_or_path):
         raise FileNotFoundError(f"model directory not found: {path}")
+    bundled = bundled_dir(str(name_or_path))
+    if bundled is not None:  # shipped inside the package: never downloaded
+        config, flat = load_converted(bundled)
+        return config, unflatten(flat)
     name = canonical_name(str(name_or_path))  # ValueError for unknown names
     dest = converted_dir(name)
     if (dest / CONVERTED_FILE).is_file():

@@ -7,6 +7,7 @@ an explicit `np.random.Generator` (`np.random.default_rng(seed)`).
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -94,12 +95,16 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
                         repetition_penalty: float | None = None) -> None:
-    """Raise ArgumentError (a ValueError) naming the argument that is out of range."""
-    if not temperature >= 0:  # also catches NaN
-        raise ArgumentError("temperature", f"must be >= 0 (0 = greedy), got {temperature}")
+    """Raise ArgumentError (a ValueError) naming the argument that is out of range or not a number."""
+    for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))):
+            raise ArgumentError(name, f"must be a number, got {v!r}")
+    if not 0 <= temperature < math.inf:  # also catches NaN
+        raise ArgumentError("temperature", f"must be a finite number >= 0 (0 = greedy; large values approach "
+                                           f"uniform sampling), got {temperature}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ArgumentError("top_k", f"must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ArgumentError("top_p", f"must be in (0, 1], got {top_p}")
-    if repetition_penalty is not None and not repetition_penalty > 0:
-        raise ArgumentError("repetition_penalty", f"must be > 0 (1 = none), got {repetition_penalty}")
+    if repetition_penalty is not None and not 0 < repetition_penalty < math.inf:
+        raise ArgumentError("repetition_penalty", f"must be a finite number > 0 (1 = none), got {repetition_penalty}")

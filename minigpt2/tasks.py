@@ -46,8 +46,38 @@ class TaskFileError(ValueError):
 
 
 def is_task_file(path: str | os.PathLike) -> bool:
-    """Whether `path` names a task file (by its .jsonl suffix) rather than text."""
-    return str(path).lower().endswith(TASK_SUFFIX)
+    """Whether `path` is a task file rather than text: its name ends in .jsonl, or its first non-empty line is a
+    JSON object with a "prompt" (JSON lines under another name). A .json file that is not JSON lines is
+    refused (TaskFileError), never read as text."""
+    if str(path).lower().endswith(TASK_SUFFIX):
+        return True
+    if not os.path.isfile(path):
+        return False  # a directory of texts, or nothing (the reader says so)
+    first = first_line(path)
+    try:
+        row = json.loads(first) if first is not None else None
+    except ValueError:
+        row = None
+    if isinstance(row, dict) and "prompt" in row:
+        return True
+    if str(path).lower().endswith(".json"):
+        raise TaskFileError(f"{path} is a .json file but not a task file: a task file holds one JSON object per line "
+                            "({\"prompt\": ..., \"completion\": ...}), named .jsonl; to train on its text as it is, "
+                            "rename it .txt")
+    return False
+
+
+def first_line(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:
+    """The first non-empty line of a file (read from its first `limit` bytes), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(limit)
+    except OSError:
+        return None  # unreadable: the reader of the file says why
+    for line in head.decode("utf-8", errors="replace").splitlines():
+        if line.strip():
+            return line
+    return None
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import heapq
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
@@ -27,6 +28,7 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+from .bundled import bundled_dir
 from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .safetensors import read_metadata
 from .vocab import (
@@ -47,6 +49,7 @@ GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p
 Pair = tuple[bytes, bytes]
 EXPLAIN_STEPS_UP_TO = 256  # bytes: explain shows every step of words up to this long, only the merges of longer ones
 ENCODER_FILE, MERGES_FILE = "encoder.json", "vocab.bpe"
+HF_ENCODER_FILE, HF_MERGES_FILE = "vocab.json", "merges.txt"  # the same two formats under Hugging Face's names
 PATTERN_FILE = "minigpt2-tokenizer.json"  # {"pattern": ...}: the pre-tokenizer, when saved by minigpt2
 
 # --- pre-tokenizing fast ---------------------------------------------------------------------------
@@ -268,11 +271,15 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "124M") -> Tokenizer:
-        """GPT-2's vocabulary from a directory, or from a model name such as "124M" (downloaded once)."""
+        """A vocabulary from a directory, or from a model name: "124M" (GPT-2's, downloaded once), "tiny" (the
+        bundled model's, 1,024 ids)."""
         if os.path.isdir(name_or_path):
             return cls.from_dir(name_or_path)
         if os.sep in os.fspath(name_or_path) or os.path.exists(name_or_path):
             raise FileNotFoundError(f"{os.fspath(name_or_path)} is not a directory with a GPT-2 vocabulary")
+        bundled = bundled_dir(os.fspath(name_or_path))
+        if bundled is not None:
+            return cls.from_dir(bundled)
         from .download import (  # network code lives in download
             VOCAB_FILES,
             download_openai_files,
@@ -288,10 +295,13 @@ class Tokenizer:
                 PATTERN_FILE: json.dumps({"pattern": self.pattern}).encode("utf-8")}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write `encoder.json` + `vocab.bpe` in OpenAI's exact formats (they load in tiktoken and HF too) and
+        """Write `encoder.json` + `vocab.bpe` in OpenAI's exact formats (tiktoken reads them), the same two under
+        Hugging Face's names `vocab.json` + `merges.txt` (GPT2TokenizerFast.from_pretrained(path) reads them) and
         minigpt2-tokenizer.json (the pattern), each file replaced atomically; `from_dir` reads them back."""
         os.makedirs(path, exist_ok=True)
-        for name, data in self.files().items():
+        files = self.files()
+        files.update({HF_ENCODER_FILE: files[ENCODER_FILE], HF_MERGES_FILE: files[MERGES_FILE]})
+        for name, data in files.items():
             write_atomically(Path(path) / name, lambda f: f.write(data))
 
     # --- sizes ---
@@ -345,6 +355,11 @@ class Tokenizer:
 
     def encode(self, text: str, allowed_special: str | Iterable[str] = ()) -> list[int]:
         """text -> ids. Special-token text is ordinary text unless named in `allowed_special` (or "all")."""
+        if isinstance(allowed_special, str) and allowed_special != "all":
+            if allowed_special not in self.special_tokens:
+                raise ValueError(f"allowed_special must be 'all' or a collection of special tokens such as "
+                                 f"{{'<|endoftext|>'}}, got {allowed_special!r}")
+            allowed_special = (allowed_special,)  # one special token, named alone
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         if not allowed:
             return self.encode_ordinary(text)
@@ -451,6 +466,10 @@ class Tokenizer:
         except UnicodeEncodeError:
             raise ValueError(_surrogate_message(text)) from None
         merges = learn_merges(words, vocab_size - 257, progress=progress)
+        if len(merges) < vocab_size - 257:
+            warnings.warn(f"Tokenizer.train: the text allowed {len(merges):,} merges, so the vocabulary has "
+                          f"{len(merges) + 257:,} ids, not vocab_size={vocab_size:,} (every pair of adjacent symbols "
+                          "inside a pre-token was merged); train on more text for a larger vocabulary", stacklevel=2)
         encoder = {bytes([b]): i for i, b in enumerate(byte_order())}  # ids 0..255 in OpenAI's byte order
         for left, right in merges:
             encoder[left + right] = len(encoder)

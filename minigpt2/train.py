@@ -52,10 +52,11 @@ from .blas import blas_threads, default_threads, set_blas_threads
 from .config import GPT2Config
 from .distributed import World
 from .distributed import world as distributed_world
-from .download import cache_dir
+from .download import DownloadError, cache_dir
 from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .gpt2 import GPT2
 from .load import load_converted, load_model
+from .machine import cores, physical_memory
 from .model import Dropout
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .params import Params, flatten, init_params, param_count, unflatten
@@ -235,16 +236,40 @@ def load_tokens(path: str | os.PathLike, tok: Tokenizer, what: str = "--data", p
     cached = cache_dir() / "tokens" / f"{key.hexdigest()}.npy"
     if cached.is_file():
         try:
-            return np.load(cached)
+            tokens = np.load(cached)
+            os.utime(cached)  # recently used: kept longest when the cache is trimmed
+            return tokens
         except (OSError, ValueError):
             pass  # damaged: tokenize again
     tokens = tokenize(docs, tok, progress)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(cached, lambda f: np.save(f, tokens))
+        trim_token_cache(cached.parent, TOKEN_CACHE_BYTES)
     except OSError:
         pass  # a read-only cache only costs the time to tokenize again
     return tokens
+
+
+TOKEN_CACHE_BYTES = 2 * 10**9  # {cache}/tokens/ is trimmed to this, least recently used first
+
+
+def trim_token_cache(directory: Path, limit: int) -> None:
+    """Delete the least recently used token files of `directory` until the rest fit in `limit` bytes (the
+    newest file always stays)."""
+    files = []
+    for p in directory.glob("*.npy"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # removed by another process meanwhile
+        files.append((st.st_mtime, st.st_size, p))
+    files.sort(reverse=True)  # newest first
+    total = 0
+    for i, (_, size, p) in enumerate(files):
+        total += size
+        if total > limit and i > 0:
+            p.unlink(missing_ok=True)
 
 
 def random_windows(tokens: np.ndarray, block_size: int, batch_size: int, rng: np.random.Generator,
@@ -272,7 +297,7 @@ def starting_model(cfg: TrainConfig, progress: bool, world: World | None = None,
     decided (256, or the --init model's context if that is shorter)."""
     if cfg.init == "scratch":
         cfg = dataclasses.replace(cfg, block_size=cfg.block_size or DEFAULT_BLOCK_SIZE)
-        tok = Tokenizer.from_pretrained(cfg.tokenizer or "124M")
+        tok = scratch_tokenizer(cfg.tokenizer)
         config = GPT2Config(n_vocab=tok.n_vocab, n_ctx=cfg.block_size, n_embd=cfg.n_embd, n_head=cfg.n_head,
                             n_layer=cfg.n_layer)
         check_memory(cfg, config, world)
@@ -297,6 +322,19 @@ def starting_model(cfg: TrainConfig, progress: bool, world: World | None = None,
 
 
 DEFAULT_BLOCK_SIZE = 256
+
+
+def scratch_tokenizer(name_or_dir: str | None) -> Tokenizer:
+    """A new model's vocabulary: --tokenizer's, else GPT-2's (from the cache, or downloaded once)."""
+    if name_or_dir is not None:
+        return Tokenizer.from_pretrained(name_or_dir)
+    try:
+        return Tokenizer.from_pretrained("124M")
+    except DownloadError as e:
+        raise TrainingError(f"--init scratch without --tokenizer uses GPT-2's vocabulary, which is not in the cache "
+                            f"and could not be downloaded ({e.url}: {e.reason}); pass --tokenizer DIR (a directory "
+                            "written by Tokenizer.save), or --tokenizer tiny (the bundled model's 1,024 tokens)"
+                            ) from None
 
 
 def check_memory(cfg: TrainConfig, config: GPT2Config, world: World | None = None) -> None:
@@ -326,17 +364,9 @@ def check_memory(cfg: TrainConfig, config: GPT2Config, world: World | None = Non
                             "--grad-accum")
 
 
-def physical_memory() -> int | None:
-    """Bytes of RAM, or None where the platform does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, tok: Tokenizer, opt: AdamW,
                     generators: dict[str, np.random.Generator], cfg: TrainConfig,
-                    moments: dict | None = None) -> None:
+                    moments: dict | None = None, seconds: float | None = None) -> None:
     """Optimizer state under a new name, then the model (the commit point, naming the step), then the old state.
     `generators` ({"rng": the text windows', "dropout_rng": the masks'}) are saved in their exact state;
     `moments`, if given, are the optimizer's whole moments (under MPI, gathered from the ranks as written)."""
@@ -344,6 +374,8 @@ def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, to
     arrays = moments if moments is not None else arrays
     arrays = arrays if opt.t > 0 else {}  # before the first update the moments are zeros: not written
     meta = {"step": str(step), "adam": json.dumps(scalars), "settings": json.dumps(dataclasses.asdict(cfg))}
+    if seconds is not None:
+        meta["seconds"] = repr(seconds)  # the run's time up to this checkpoint, every invocation
     meta.update({k: json.dumps(g.bit_generator.state) for k, g in generators.items()})
     state = out / f"optimizer-{step}.safetensors"
     write_atomically(state, lambda f: write_safetensors(f, arrays, meta))
@@ -470,31 +502,46 @@ def resumed_settings(saved: TrainConfig, changes: dict, out: Path, done: int) ->
     `steps` extends the cosine decay alone: the remaining steps follow the schedule of a run given the new
     `steps` from the start, from the weights this run has."""
     saved = dataclasses.replace(saved, warmup_steps=saved.warmup)
-    changes = {k: absolute(v) if k in ("data", "val_data") and v is not None else v for k, v in changes.items()}
-    changed = {k: v for k, v in changes.items() if getattr(saved, k) != v}
+    changes = {k: absolute(k, v) for k, v in changes.items()}
+    changed = {k: v for k, v in changes.items() if absolute(k, getattr(saved, k)) != v}  # (an older run's
+    # relative path is read from here)
     for k, v in changed.items():
         if k not in CHANGEABLE:
             raise TrainingError(f"--{flag(k)} cannot change when resuming (the run has {getattr(saved, k)!r}; it fixes "
                                 f"the model or the batches); to change it, start a new run with --init {out}")
     cfg = dataclasses.replace(saved, **changed)
+    if "lr" in changed and saved.min_lr is None and "min_lr" not in changed:  # the default min_lr follows lr
+        changed["min_lr"] = [saved.peak_lr / 10, cfg.peak_lr / 10]
     if "steps" in changed and "warmup_steps" not in changed and cfg.warmup_steps > cfg.steps:
         raise TrainingError(f"--steps {cfg.steps} is shorter than the run's warmup ({cfg.warmup_steps} steps); give "
                             f"--warmup-steps with it (at most {cfg.steps})")
     if cfg.steps < done:
         raise TrainingError(f"--steps {cfg.steps} is fewer than the {done} steps {out} has already taken")
     cfg.check()
-    return cfg, {k: [getattr(saved, k), v] for k, v in changed.items()}
+    return cfg, {k: v if isinstance(v, list) else [getattr(saved, k), v] for k, v in changed.items()}
 
 
-def absolute(path: str) -> str:
-    """A path as an absolute one (so that a run resumes from any working directory)."""
-    return os.path.abspath(path)
+PATHS = ("data", "val_data")  # settings that name a file or directory
+PATHS_OR_NAMES = ("init", "tokenizer")  # a directory, or a name (124M, tiny, scratch)
+
+
+def absolute(setting: str, value):
+    """The value of `setting` with a path made absolute (so that a run resumes from any working directory and
+    compares equal however the path was spelled); a name (124M, tiny, scratch), None or any other value as it is."""
+    if not isinstance(value, str) or setting not in PATHS + PATHS_OR_NAMES:
+        return value
+    if setting in PATHS_OR_NAMES and not os.path.exists(value) and os.sep not in value:
+        return value
+    return os.path.abspath(value)
 
 
 def lock_run(out: Path):
     """Hold an exclusive lock on `out` for this process's life (released by the kernel even after SIGKILL);
     TrainingError at once if another run holds it."""
-    f = open(out / ".lock", "a+")
+    try:
+        f = open(out / ".lock", "a+")
+    except OSError as e:
+        raise TrainingError(f"--out {out}: cannot write in the directory ({e.strerror})") from None
     try:
         import fcntl  # POSIX; elsewhere runs are not locked
     except ImportError:
@@ -533,17 +580,33 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, changes
         failed.everywhere = True
     if failed is not None:
         raise failed
-    cfg, out, start, config, params, tok, opt, generators, data, validate, lock = prepared
+    cfg, out, start, config, params, tok, opt, generators, data, validate, lock, seconds = prepared
     threads_before = blas_threads()
-    set_blas_threads(cfg.threads or default_threads(config.n_embd, world.local_size))  # this machine's cores
+    set_blas_threads(thread_count(cfg, config, world))
     try:
         return run_steps(cfg, out, start, resume, config, params, tok, opt, generators, data, validate, progress,
-                         world)
+                         world, seconds)
     finally:
         if threads_before is not None:
             set_blas_threads(threads_before)
         if lock is not None:
             lock.close()
+
+
+def thread_count(cfg: TrainConfig, config: GPT2Config, world: World) -> int:
+    """--threads, or the default for the model's width (this machine's cores shared among its ranks); more than
+    the cores is said and capped: the extra threads would only take turns on the cores (measured: 1,000 threads
+    made a step about 10x slower on two cores)."""
+    if cfg.threads is None:
+        return default_threads(config.n_embd, world.local_size)
+    have = max(1, cores() // world.local_size)
+    if cfg.threads > have:
+        if world.is_main:
+            print(f"minigpt2-train: --threads {cfg.threads} is more than the {have} cores this run has on this "
+                  f"machine; extra threads only take turns on them (about 10x slower at 1,000 threads on two "
+                  f"cores), so {have} are used", file=sys.stderr)
+        return have
+    return cfg.threads
 
 
 def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | None, world: World) -> tuple:
@@ -561,6 +624,7 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
             raise TrainingError(f"--resume: {out} has the model of step {done} but not its optimizer state "
                                 f"({state_file.name})")
         arrays, meta = read_safetensors(state_file)
+        seconds = float(meta["seconds"]) if "seconds" in meta else None  # written since minigpt2 0.2
         saved = dataclasses.replace(TrainConfig(**json.loads(meta["settings"])), out=str(out))
         cfg, changed = resumed_settings(saved, changes or {}, out, done)
         config, flat = load_converted(out)
@@ -580,7 +644,7 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         start = done
     else:
         cfg.check()
-        cfg = dataclasses.replace(cfg, data=absolute(cfg.data), val_data=cfg.val_data and absolute(cfg.val_data))
+        cfg = dataclasses.replace(cfg, **{k: absolute(k, getattr(cfg, k)) for k in PATHS + PATHS_OR_NAMES})
         if out.exists() and not out.is_dir():
             raise TrainingError(f"--out {out} is a file, not a directory")
         refuse_existing_run(out)
@@ -589,19 +653,48 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         opt = AdamW(unflatten(world.rows(flatten(params))), cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # the text windows
         drop_rng = dropout_generator(cfg.seed, world.rank)
-        start = 0
+        start, seconds = 0, 0.0
     data = load_data(cfg, tok, progress)  # the data is known good before anything is written
     validate = validator(data, cfg, params, config, progress, world)
     if world.is_main and resume:  # the other ranks read the run's files; rank 0 alone writes them
         truncate_log(out, done)
         if changed:
             append_log(out, {"step": done, "resumed": changed})
+            if progress:
+                print(f"resuming {out} at step {done}, with " + ", ".join(
+                    f"{flag(k)} {old!r} -> {new!r}" + (" (lr / 10)" if k == "min_lr" and cfg.min_lr is None else "")
+                    for k, (old, new) in changed.items()), file=sys.stderr)
     elif world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainingError(f"--out {out}: cannot create the directory ({e.strerror})") from None
         lock = lock or lock_run(out)
         refuse_existing_run(out)  # again, under the lock: a run started at the same instant may have begun
     generators = {"rng": rng, "dropout_rng": drop_rng}
-    return cfg, out, start, config, params, tok, opt, generators, data, validate, lock
+    if world.is_main:
+        write_settings(out, cfg, config, world, start)
+    return cfg, out, start, config, params, tok, opt, generators, data, validate, lock, seconds
+
+
+SETTINGS_FILE = "settings.json"  # the run's settings as resolved, for people (resuming reads the checkpoint's)
+
+
+def write_settings(out: Path, cfg: TrainConfig, config: GPT2Config, world: World, step: int) -> None:
+    """DIR/settings.json: every setting with its default resolved (lr, min_lr, warmup, block size, threads),
+    the model's shape, the world size and the step this invocation starts at; rewritten on each resume."""
+    resolved = dict(dataclasses.asdict(cfg), lr=cfg.peak_lr, min_lr=cfg.min_lr if cfg.min_lr is not None else
+                    cfg.peak_lr / 10, warmup_steps=cfg.warmup,
+                    threads=cfg.threads or default_threads(config.n_embd, world.local_size))
+    record = {"settings": resolved, "model": config.to_dict(), "world_size": world.size, "started_at_step": step,
+              "minigpt2": version()}
+    write_atomically(out / SETTINGS_FILE, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode("utf-8")))
+
+
+def version() -> str:
+    from . import __version__  # the package's, read when needed (the package imports this module)
+
+    return __version__
 
 
 def dropout_generator(seed: int, rank: int) -> np.random.Generator:
@@ -620,8 +713,9 @@ def refuse_existing_run(out: Path) -> None:
 
 def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT2Config, params: Params,
               tok: Tokenizer, opt: AdamW, generators: dict, data, validate, progress: bool,
-              world: World) -> GPT2:
-    """The training loop proper: steps start + 1 .. cfg.steps, validating, logging and checkpointing (rank 0)."""
+              world: World, seconds_before: float | None = 0.0) -> GPT2:
+    """The training loop proper: steps start + 1 .. cfg.steps, validating, logging and checkpointing (rank 0).
+    `seconds_before`: the run's time up to its checkpoint at `start` (None if an older version did not say)."""
     drop_rng = generators["dropout_rng"]
     rng = generators["rng"]
     main = world.is_main
@@ -631,10 +725,13 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
         if main:
             append_log(out, record)
 
+    def run_seconds() -> float | None:
+        return None if seconds_before is None else seconds_before + time.perf_counter() - began
+
     def checkpoint(n: int) -> None:
         moments = moments_to_save(opt, params, world)
         if main:
-            save_checkpoint(out, n, config, params, tok, opt, generators, cfg, moments)
+            save_checkpoint(out, n, config, params, tok, opt, generators, cfg, moments, run_seconds())
         elif moments is not None:
             for m in moments.values():
                 m.gather()  # this rank's rows of each moment, to rank 0 as it writes that moment
@@ -646,6 +743,7 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
     last_saved = start
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not progress)
     completed = start
+    diverged = Divergence(config.n_vocab)
     with StopRequest(announces=main) as stop, bar:
         agreed_go_on = (lambda: not stop.agree(world)) if world.size > 1 else None
         for step in range(start, cfg.steps):
@@ -664,9 +762,10 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
                     g.bit_generator.state = states_before[k]
                 break
             grad_norm = clip_grad_norm(grads, cfg.grad_clip if cfg.grad_clip > 0 else math.inf, world.sum_float)
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-                raise TrainingDiverged(f"the loss became {step_loss} (gradient norm {grad_norm}) at step {step + 1}; "
-                                       f"the last good checkpoint (step {last_saved}) is in {out}; try a lower --lr "
+            why = diverged(step_loss, grad_norm)
+            if why:
+                raise TrainingDiverged(f"training diverged: the loss became {step_loss:.4g} at step {step + 1} ({why});"
+                                       f" the last good checkpoint (step {last_saved}) is in {out}; try a lower --lr "
                                        "(--resume --lr X continues from it)")
             opt.step(grads, lr)  # this rank's rows of every tensor (all of them in one process)
             world.share_rows_(flatten(params))  # every rank's updated rows to every rank
@@ -707,8 +806,31 @@ def run_steps(cfg: TrainConfig, out: Path, start: int, resume: bool, config: GPT
                 checkpoint(completed)
             raise TrainingInterrupted(stop.signum or signal.SIGTERM)
     if completed > start and main:
-        log({"step": completed, "summary": summary(out, cfg, data, time.perf_counter() - began)})
+        log({"step": completed, "summary": summary(out, cfg, data, time.perf_counter() - began, run_seconds())})
     return GPT2(config, params)
+
+
+class Divergence:
+    """Whether a step's loss says the run has diverged: not finite (or its gradient norm not), or more than
+    `FACTOR` times the larger of ln V (a uniform guess's loss) and the first loss this invocation saw. A
+    learning rate far too high sends the loss up by orders of magnitude (--lr 1e3: 1e9 within steps) while it
+    stays finite; a healthy run's loss never rises tenfold above where it began."""
+
+    FACTOR = 10.0
+
+    def __init__(self, n_vocab: int):
+        self.uniform = math.log(n_vocab)  # nats per token of a uniform guess
+        self.first: float | None = None  # the first finite loss of this invocation
+
+    def __call__(self, loss: float, grad_norm: float) -> str | None:
+        """None while the run is healthy, else why it is not (a few words)."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return f"not a finite number; gradient norm {grad_norm:.4g}"
+        self.first = loss if self.first is None else self.first
+        limit = self.FACTOR * max(self.uniform, self.first)
+        if loss > limit:
+            return f"more than {self.FACTOR:g} x {limit / self.FACTOR:.3f}, the larger of ln V and the first step's loss"
+        return None
 
 
 class GatheredRows:
@@ -756,9 +878,11 @@ def sample_text(model: GPT2, tok: Tokenizer, prompt: str, n_tokens: int, seed: i
     return tok.decode(model.generate(ids, n_tokens, temperature=0.8, top_k=40, seed=seed, eot_id=tok.eot_id))
 
 
-def summary(out: Path, cfg: TrainConfig, data, seconds: float) -> dict:
-    """What the run did, for the end of log.jsonl and the command line: steps, tokens seen (the whole run's,
-    padding not counted), this session's wall time, the best and the last validation loss."""
+def summary(out: Path, cfg: TrainConfig, data, seconds: float, run_seconds: float | None = None) -> dict:
+    """What the run did, for the end of log.jsonl and the command line: steps, tokens seen and `run_seconds`
+    (the whole run's: every invocation up to its last checkpoint; None for a run begun by an older minigpt2),
+    `session_seconds` (this invocation's wall time), the best and the last validation loss. Padding is not
+    counted as tokens."""
     per_step = cfg.batch_size * cfg.grad_accum
     if isinstance(data, TaskData):
         seen = examples_at(0, cfg.steps * per_step, len(data.train), cfg.seed)
@@ -768,7 +892,8 @@ def summary(out: Path, cfg: TrainConfig, data, seconds: float) -> dict:
     vals = [r for r in read_log_records(out) if "val_loss" in r]
     best_step, best_loss = best_so_far(out)
     last = vals[-1]["val_loss"] if vals else None
-    return {"steps": cfg.steps, "tokens": tokens, "wall_seconds": round(seconds, 3), "last_val_loss": last,
+    return {"steps": cfg.steps, "tokens": tokens, "run_seconds": None if run_seconds is None else round(run_seconds, 3),
+            "session_seconds": round(seconds, 3), "last_val_loss": last,
             "last_perplexity": math.exp(last) if last is not None and last < 700 else None,
             "best_val_loss": best_loss if best_step else None, "best_step": best_step or None}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,16 @@ from .httpserver import FileServer
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY_CHECKPOINT = SHARED / "fixtures" / "tf-gpt2-tiny"
+
+# subtle: every test runs with a cache of its own, never the user's (~/.cache/minigpt2): set before any test
+# imports minigpt2's cache_dir users, kept for the session (the notebooks share it), removed at the end
+_HOME = tempfile.TemporaryDirectory(prefix="minigpt2-tests-")
+os.environ["MINIGPT2_HOME"] = _HOME.name
+
+
+def pytest_unconfigure(config):
+    _HOME.cleanup()
+
 
 collect_ignore = ["data"]  # tests/data holds fixtures and the script that made one (needs TensorFlow)
 

@@ -1,5 +1,6 @@
 """Every notebook runs top to bottom in a fresh kernel; each asserts its own cross-checks as it goes."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ def test_there_are_notebooks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, tmp_path):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is missing: pip install -e '.[test]'")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is missing: pip install -e '.[test]'")
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -22,7 +23,11 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")  # the kernel's own start-up chatter is not the notebook's
     nb = nbformat.read(path, as_version=4)
     assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    # run in a directory of its own (nbsetup imported from notebooks/, no bytecode written), so that nothing the
+    # notebook writes lands in the repository
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(path.parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the cell and the traceback, on any error
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
