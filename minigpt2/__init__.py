@@ -8,6 +8,6 @@ from .fast import reference_mode
 from .gpt2 import GPT2
 from .model import KVCache
 from .tokenizer import Tokenizer
+from .version import __version__
 
 __all__ = ["GPT2", "GPT2Config", "KVCache", "Tokenizer", "reference_mode"]
-__version__ = "0.1.0"

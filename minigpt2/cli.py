@@ -50,6 +50,7 @@ from .train import (
     run_state,
     train,
 )
+from .version import __version__
 from .vocab import ENDOFTEXT
 
 
@@ -59,18 +60,12 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.add_argument("--version", action="version", version=f"%(prog)s (minigpt2) {version()}",
+        self.add_argument("--version", action="version", version=f"%(prog)s (minigpt2) {__version__}",
                           help="print minigpt2's version and exit")
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
-
-
-def version() -> str:
-    from . import __version__  # the package's (it imports the modules this one imports)
-
-    return __version__
 
 
 def finish(code: int) -> int:
@@ -132,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         return globals()[COMMANDS[argv[0]][1]](argv[1:])
     if argv and argv[0] == "--version":
-        print(f"minigpt2 {version()}")
+        print(f"minigpt2 {__version__}")
         return 0
     out = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
     if out is sys.stderr:
         print(f"minigpt2: error: unknown command {argv[0]!r}", file=out)
-    print(f"minigpt2 {version()}: GPT-2 in NumPy. Commands (python -m minigpt2.COMMAND, or python -m minigpt2 "
+    print(f"minigpt2 {__version__}: GPT-2 in NumPy. Commands (python -m minigpt2.COMMAND, or python -m minigpt2 "
           "COMMAND; --help on each):", file=out)
     for name, (what, _) in COMMANDS.items():
         print(f"  {name:<9} {what}", file=out)

@@ -74,6 +74,7 @@ from .tasks import (
     read_task_file,
 )
 from .tokenizer import Tokenizer
+from .version import __version__
 from .vocab import ENDOFTEXT
 
 LOG_FILE = "log.jsonl"
@@ -661,9 +662,12 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         if changed:
             append_log(out, {"step": done, "resumed": changed})
             if progress:
+                def show(v):
+                    return f"{v:g}" if isinstance(v, float) else repr(v)
                 print(f"resuming {out} at step {done}, with " + ", ".join(
-                    f"{flag(k)} {old!r} -> {new!r}" + (" (lr / 10)" if k == "min_lr" and cfg.min_lr is None else "")
-                    for k, (old, new) in changed.items()), file=sys.stderr)
+                    f"{flag(k)} {show(old)} -> {show(new)}" + (" (lr / 10)" if k == "min_lr" and cfg.min_lr is None
+                                                               else "") for k, (old, new) in changed.items()),
+                      file=sys.stderr)
     elif world.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -687,14 +691,8 @@ def write_settings(out: Path, cfg: TrainConfig, config: GPT2Config, world: World
                     cfg.peak_lr / 10, warmup_steps=cfg.warmup,
                     threads=cfg.threads or default_threads(config.n_embd, world.local_size))
     record = {"settings": resolved, "model": config.to_dict(), "world_size": world.size, "started_at_step": step,
-              "minigpt2": version()}
+              "minigpt2": __version__}
     write_atomically(out / SETTINGS_FILE, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode("utf-8")))
-
-
-def version() -> str:
-    from . import __version__  # the package's, read when needed (the package imports this module)
-
-    return __version__
 
 
 def dropout_generator(seed: int, rank: int) -> np.random.Generator:

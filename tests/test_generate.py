@@ -229,7 +229,11 @@ def test_cli_several_samples(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0"),
+    (["--max-new-tokens", "99999999999999999999"], "--max-new-tokens must be at most 1,000,000"),
+    (["--model", "README.md"], "README.md is a file; a model is a directory"),
+    (["--num-samples", "100000000", "--model", "tiny"], "--num-samples 100,000,000 samples need about"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--temperature", "hot"], "invalid float value"),

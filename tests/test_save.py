@@ -23,8 +23,8 @@ def snapshot(directory: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained_tok():
     # its own pattern too, so that every one of the four files differs from GPT-2's
-    return Tokenizer.train("the cat sat on the mat; the dog sat on the log " * 20, 300, pattern=r" ?\w+|\W",
-                           progress=False)
+    return Tokenizer.train("the cat sat on the mat; the dog sat on the log " * 20, 257 + 17, pattern=r" ?\w+|\W",
+                           progress=False)  # every merge the text allows
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer.train("the film was good; the film was bad. a dull plot, a fine cast! 0123456789=", 300,
-                           progress=False)
+    return Tokenizer.train("the film was good; the film was bad. a dull plot, a fine cast! 0123456789=", 257 + 41,
+                           progress=False)  # every merge the text allows
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -235,13 +236,22 @@ def test_training_reproduces_the_hand_worked_merges():
 
 
 def test_training_never_merges_across_pre_tokens():
-    trained = Tokenizer.train("ab ab ab ab, ab!", vocab_size=300, progress=False)
+    trained = train_all_it_allows("ab ab ab ab, ab!", vocab_size=300)
     assert all(b" " not in right and b"," not in left + right[:0] for left, right in trained.merges)
     assert (b"b", b" ") not in trained.merges and (b"b", b",") not in trained.merges
 
 
-def test_training_stops_when_nothing_is_left_to_merge():
-    trained = Tokenizer.train("abc", vocab_size=1000, progress=False)
+def train_all_it_allows(text, vocab_size, **kwargs):
+    """Tokenizer.train where the text may allow fewer merges than asked (which it warns about)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Tokenizer.train(text, vocab_size, progress=False, **kwargs)
+
+
+def test_training_stops_when_nothing_is_left_to_merge_and_says_so():
+    with pytest.warns(UserWarning, match=r"the text allowed 2 merges, so the vocabulary has 259 ids, not "
+                                         r"vocab_size=10,000,000"):
+        trained = Tokenizer.train("abc", vocab_size=10**7, progress=False)
     assert trained.merges == [(b"a", b"b"), (b"ab", b"c")]
 
 
@@ -367,7 +377,7 @@ def test_training_counts_each_pair_as_often_as_its_words_occur():
 @given(st.lists(st.sampled_from(["ab", "abc", "bca", "cab", "aab", "ba", " ", "c"]), min_size=1, max_size=60))
 def test_training_equals_the_definition_on_random_corpora(pieces):
     text = "".join(pieces)
-    assert Tokenizer.train(text, vocab_size=257 + 12, progress=False).merges == brute_force_merges(text, 12)
+    assert train_all_it_allows(text, vocab_size=257 + 12).merges == brute_force_merges(text, 12)
 
 
 @pytest.mark.parametrize("text, size, pattern", [
@@ -377,7 +387,7 @@ def test_training_equals_the_definition_on_random_corpora(pieces):
 ])
 def test_a_saved_tokenizer_reads_back_identical(tmp_path, text, size, pattern):
     kwargs = {"pattern": pattern} if pattern else {}
-    tok = Tokenizer.train(text, size, progress=False, **kwargs)
+    tok = train_all_it_allows(text, size, **kwargs)
     tok.save(tmp_path)
     again = Tokenizer.from_dir(tmp_path)
     assert again.merges == tok.merges and again.special_tokens == tok.special_tokens
