@@ -1,7 +1,7 @@
 """text -> batches -> steps -> checkpoints: pre-training and fine-tuning GPT-2 (`python -m minigpt2.train`: cli.py).
 
     python -m minigpt2.train --data book.txt --out my-gpt2                     # fine-tune GPT-2 124M
-    python -m minigpt2.train --data texts/ --out tiny --init scratch --n-layer 2 --n-head 4 --n-embd 128
+    python -m minigpt2.train --data texts/ --out my-small --init scratch --n-layer 2 --n-head 4 --n-embd 128
 
 The objective is GPT-2's own: maximise the likelihood of the text, one next token at a time, i.e. minimise
 the mean cross-entropy (backward.py). Each step draws `batch_size` random windows of `block_size + 1` tokens

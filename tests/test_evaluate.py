@@ -200,3 +200,8 @@ def test_real_gpt2_124m_matches_transformerlens_and_transformers():
         with torch.no_grad():
             ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=50256)
         assert model.generate(prompt, 20, temperature=0, stop_at_eot=False) == ref[0, len(prompt):].tolist()
+
+
+def test_empty_text_is_named_not_a_dtype_error(model, vocab):
+    with pytest.raises(ValueError, match=r"needs a non-empty string to score, got ''"):
+        evaluate(model, text="", tokenizer=vocab)

@@ -427,3 +427,36 @@ def test_cli_on_a_saved_model_without_a_vocabulary_uses_gpt2s_and_says_so(tmp_pa
 def test_ids_a_long_prompt_drops_are_checked_too(short_model):
     with pytest.raises(ValueError, match="token id -5 at prompt position 0 is outside the vocabulary"):
         short_model.generate([-5] * 100 + [1] * 32, 3)
+
+
+# --- messages for learners ---------------------------------------------------------------------------
+
+
+def test_text_where_ids_belong_says_to_encode_first(tiny):
+    with pytest.raises(TypeError, match=r"takes token ids, not text; encode the text first: "
+                                        r"model.generate\(tok.encode\('hello'\), 5\)"):
+        tiny.generate("hello", 5)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+    (dict(top_p="most"), "top_p must be a number, got 'most'"),
+    (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number > 0"),
+])
+def test_sampling_settings_that_are_not_numbers_are_named(tiny, options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny.generate([1, 2], 3, **options)
+
+
+def test_a_batch_of_samples_that_cannot_fit_is_refused_before_allocating(tiny):
+    with pytest.raises(ValueError, match=r"num_samples 100,000,000 samples need about [\d,.]+ GB .* at most"):
+        tiny.generate([1, 2], 3, num_samples=10**8)
+
+
+def test_a_prompt_that_is_not_utf8_gets_one_message_from_stdin_or_the_argument(tiny_checkpoint):
+    r = run_cli("-", "--model", str(tiny_checkpoint), stdin=b"caf\xe9")
+    assert one_line_error(r).endswith("standard input is not UTF-8 text: byte 0xe9 at byte offset 3 (line 1) is invalid")
+    r = subprocess.run([sys.executable, "-m", "minigpt2.generate", os.fsdecode(b"caf\xe9"), "--model",
+                        str(tiny_checkpoint)], capture_output=True, cwd=REPO)
+    assert one_line_error(r).endswith("the prompt is not UTF-8 text: byte 0xe9 at byte offset 3 (line 1) is invalid")

@@ -31,3 +31,20 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     client.execute()  # raises CellExecutionError, with the cell and the traceback, on any error
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_the_notebooks_extra_installs_jupyter_and_the_notebooks_say_which_model_they_run_on():
+    import re
+
+    pyproject = (NOTEBOOKS[0].parents[1] / "pyproject.toml").read_text()
+    extra = re.search(r"^notebooks = \[(.*)\]$", pyproject, re.M)[1]
+    assert re.search(r'"(jupyterlab|notebook)\b', extra), extra
+    setup = (NOTEBOOKS[0].parent / "nbsetup.py").read_text()
+    assert 'GPT2.from_pretrained("tiny")' in setup and "train(" not in setup, "the bundled model, nothing trained"
+
+
+def test_no_notebook_draws_a_progress_bar():
+    """A bar's redraws (carriage returns, cursor-up escapes) would fill a saved notebook's output."""
+    for path in NOTEBOOKS:
+        text = path.read_text()
+        assert "tqdm" not in text and "progress=True" not in text, path.name

@@ -18,7 +18,7 @@ from minigpt2.evaluate import (
     score_task_file,
 )
 from minigpt2.params import flatten
-from minigpt2.tasks import encode_example, examples_at, pad_batch, read_task_file
+from minigpt2.tasks import encode_example, examples_at, is_task_file, pad_batch, read_task_file
 from minigpt2.train import TrainConfig, step_gradient, train
 
 from .conftest import require
@@ -325,3 +325,25 @@ def test_training_refuses_what_it_cannot_train_on(sorting, tmp_path):
                        cwd=REPO)
     assert "--dropout must be a probability in [0, 1), got 1.0" in one_line(r)
     assert not (tmp_path / "run").exists()
+
+
+def test_json_lines_under_another_name_are_task_rows_and_other_json_is_refused(sorting, tmp_path):
+    rows = [{"prompt": "21=", "completion": "12"}, {"prompt": "31=", "completion": "13"}] * 8
+    named_json = write_jsonl(tmp_path / "rows.json", rows)  # JSON lines, named .json
+    assert is_task_file(named_json) and is_task_file(write_jsonl(tmp_path / "rows.txt", rows))
+    base = ["--init", "scratch", "--tokenizer", str(sorting / "vocab"), "--n-layer", "1", "--n-embd", "8",
+            "--n-head", "2", "--block-size", "16", "--steps", "2", "--batch-size", "4", "--eval-batches", "1"]
+    r = subprocess.run(cli("--data", str(named_json), "--out", str(tmp_path / "run"), *base), capture_output=True,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("epoch" in x for x in log), "trained as a task file (epochs of examples), not as text"
+    r = subprocess.run([sys.executable, "-m", "minigpt2.evaluate", str(named_json), "--model", str(tmp_path / "run"),
+                        "--json"], capture_output=True, cwd=REPO)
+    assert "exact_match" in json.loads(r.stdout), "scored as a task file, not as text's perplexity"
+    array = tmp_path / "rows-array.json"
+    array.write_text(json.dumps(rows, indent=1))  # a JSON array: not one object per line
+    r = subprocess.run(cli("--data", str(array), "--out", str(tmp_path / "run2"), *base), capture_output=True,
+                       cwd=REPO)
+    assert "rows-array.json is a .json file but not a task file" in one_line(r) and ".jsonl" in one_line(r)
+    assert not (tmp_path / "run2").exists()

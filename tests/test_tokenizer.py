@@ -432,3 +432,22 @@ def test_explain_of_a_long_word_lists_its_merges_without_a_snapshot_each(tok):
     assert "..." in str(explanation)
     short = tok.explain("Hello world").pieces[1]
     assert short.merges[-1][2] == [b" world"], "short words still show every step"
+
+
+def test_allowed_special_is_all_or_a_collection_of_special_tokens(tok):
+    with pytest.raises(ValueError, match=r"allowed_special must be 'all' or a collection of special tokens such as "
+                                         r"\{'<\|endoftext\|>'\}, got 'everything'"):
+        tok.encode("hi", allowed_special="everything")
+    assert tok.encode("a<|endoftext|>", allowed_special="<|endoftext|>") == tok.encode("a") + [50256]
+
+
+@pytest.mark.reference
+def test_a_saved_tokenizer_loads_in_hugging_face_s_tokenizer_too(tmp_path):
+    transformers = require("transformers")
+    text = "the quick brown fox jumps over the lazy dog; 快速的棕色狐狸 " * 20
+    tok = Tokenizer.train(text, 300, progress=False)
+    tok.save(tmp_path)
+    fast = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
+    for sample in ("the lazy fox", "狐狸 jumps!", "unseen words 12345"):
+        assert fast(sample)["input_ids"] == tok.encode(sample), sample
+    assert len(fast) == tok.n_vocab

@@ -422,6 +422,9 @@ def test_export_onto_a_file_or_another_model_exits_2_with_one_line(pattern_data,
     r = subprocess.run([*export, str(tmp_path / "run")], capture_output=True, cwd=REPO)
     assert "pass --overwrite" in one_line(r) and "overwrite=True" not in one_line(r)
     assert (tmp_path / "a-file").read_text() == "mine"
+    r = subprocess.run([*export, str(tmp_path / "a-file" / "below")], capture_output=True, cwd=REPO)
+    line = one_line(r)
+    assert f"DEST {tmp_path / 'a-file' / 'below'}: cannot write the model there" in line and "Errno" not in line
 
 
 def test_a_hugging_face_save_without_a_tokenizer_says_so(tmp_path):
@@ -536,3 +539,122 @@ def test_validation_asks_go_on_as_often_on_every_rank_and_stops_when_told(kind):
     with pytest.raises(StepAbandoned):
         validator(data, cfg, model.params, model.config, False)(lambda: next(answers))
     assert next(answers, "asked no more") == "asked no more"
+
+
+# --- a newcomer's rough edges ------------------------------------------------------------------------
+
+
+def test_resume_compares_paths_resolved_however_they_were_spelled(pattern_data, tmp_path):
+    args = run_args(pattern_data, tmp_path / "run", steps=3)
+    args[args.index("--tokenizer") + 1] = "vocab"  # relative to the data's directory, where the run starts
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run(cli(*args), capture_output=True, cwd=pattern_data, env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())["settings"]
+    assert settings["tokenizer"] == str(pattern_data / "vocab"), "stored absolute"
+    r = subprocess.run(cli("--out", str(tmp_path / "run"), "--resume", "--steps", "5", "--tokenizer",
+                           str(pattern_data / "vocab")), capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def test_a_second_ctrl_c_still_exits_130_with_no_traceback(pattern_data, tmp_path):
+    for i, pause in enumerate((0.0, 0.02, 0.2)):
+        out = tmp_path / f"run{i}"
+        proc = subprocess.Popen(cli(*run_args(pattern_data, out, steps=400)), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        wait_for_step(out, 3, proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(pause)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (pause, err.decode())
+        assert "Traceback" not in err.decode() and "Exception ignored" not in err.decode(), err.decode()
+        assert GPT2.from_pretrained(out).config.n_layer == 2, "a complete model stays"
+
+
+def test_resume_on_a_finished_run_says_there_is_nothing_to_do(pattern_data, tmp_path):
+    out = tmp_path / "run"
+    assert subprocess.run(cli(*run_args(pattern_data, out, steps=4)), capture_output=True, cwd=REPO).returncode == 0
+    r = subprocess.run(cli("--out", str(out), "--resume"), capture_output=True, cwd=REPO)
+    assert r.returncode == 0
+    assert one_line(r, code=0) == ("minigpt2-train: nothing to do: the run has 4 of 4 steps; pass --steps M (more "
+                                   "than 4) with --resume to extend it")
+
+
+def test_the_summary_gives_this_invocation_s_time_and_the_whole_run_s(pattern_data, tmp_path):
+    out = tmp_path / "run"
+    assert subprocess.run(cli(*run_args(pattern_data, out, steps=4)), capture_output=True, cwd=REPO).returncode == 0
+    first = [r["summary"] for r in read_log(out) if "summary" in r][-1]
+    assert first["run_seconds"] >= first["session_seconds"] > 0
+    r = subprocess.run(cli("--out", str(out), "--resume", "--steps", "8"), capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    second = [r["summary"] for r in read_log(out) if "summary" in r][-1]
+    assert second["steps"] == 8 and second["tokens"] == 8 * 8 * 32, "steps and tokens: the whole run's"
+    assert second["run_seconds"] >= first["run_seconds"] + second["session_seconds"] - 0.5
+    assert " s now, " in r.stderr.decode() and " s in all" in r.stderr.decode()
+
+
+def test_a_loss_that_grows_by_orders_of_magnitude_stops_the_run(pattern_data, tmp_path):
+    out = tmp_path / "run"
+    args = run_args(pattern_data, out, steps=40)
+    args[args.index("--lr") + 1] = "1e3"
+    r = subprocess.run(cli(*args, "--warmup-steps", "0"), capture_output=True, cwd=REPO)
+    line = one_line(r, code=1)
+    assert line.startswith("minigpt2-train: error: training diverged: the loss became") and "at step" in line
+    assert "last good checkpoint" in line
+    losses = [x["loss"] for x in read_log(out) if "loss" in x]
+    assert len(losses) < 40 and max(losses) < 1e3, "stopped before the run went on at loss 1e9"
+
+
+def test_threads_beyond_the_cores_are_said_and_capped(pattern_data, tmp_path):
+    r = subprocess.run(cli(*run_args(pattern_data, tmp_path / "run", steps=2), "--threads", "1000"),
+                       capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "--threads 1000 is more than the" in r.stderr.decode() and "10x slower" in r.stderr.decode()
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())["settings"]
+    assert settings["threads"] == 1000, "settings.json records what was asked"
+
+
+def test_an_out_directory_that_cannot_be_made_names_the_flag(pattern_data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = subprocess.run(cli(*run_args(pattern_data, blocker / "run", steps=2)), capture_output=True, cwd=REPO)
+    line = one_line(r)
+    assert line.startswith(f"minigpt2-train: error: --out {blocker / 'run'}: cannot create the directory"), line
+    assert "Errno" not in line
+
+
+def test_the_run_directory_records_its_settings(pattern_data, tmp_path):
+    out = tmp_path / "run"
+    assert subprocess.run(cli(*run_args(pattern_data, out, steps=3)), capture_output=True, cwd=REPO).returncode == 0
+    record = json.loads((out / "settings.json").read_text())
+    s = record["settings"]
+    assert s["steps"] == 3 and s["lr"] == 3e-3 and s["min_lr"] == pytest.approx(3e-4), "defaults resolved"
+    assert s["warmup_steps"] == 0 and s["block_size"] == 32 and s["data"] == str(pattern_data / "train.txt")
+    assert record["world_size"] == 1 and record["started_at_step"] == 0 and record["model"]["n_layer"] == 2
+    r = subprocess.run(cli("--out", str(out), "--resume", "--steps", "5", "--lr", "1e-3"), capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    record = json.loads((out / "settings.json").read_text())
+    assert record["started_at_step"] == 3 and record["settings"]["lr"] == 1e-3
+    assert record["settings"]["min_lr"] == pytest.approx(1e-4)
+
+
+def test_the_token_cache_is_trimmed_least_recently_used_first(tmp_path):
+    from minigpt2.train import trim_token_cache
+
+    for i, size in enumerate((300, 300, 300)):
+        p = tmp_path / f"{i}.npy"
+        p.write_bytes(b"x" * size)
+        os.utime(p, (1000 + i, 1000 + i))
+    trim_token_cache(tmp_path, 700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.npy", "2.npy"], "the oldest went"
+    trim_token_cache(tmp_path, 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2.npy"], "the newest always stays"
+
+
+def test_tests_never_touch_the_user_s_cache():
+    from minigpt2.download import cache_dir
+
+    home = Path(os.path.expanduser("~")) / ".cache" / "minigpt2"
+    assert cache_dir() != home and "minigpt2-tests-" in str(cache_dir())
