@@ -17,7 +17,9 @@ import argparse
 import io
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -305,6 +307,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens per sample (default 48)")
     p.add_argument("--threads", type=int, default=None, help="threads for NumPy's matrix products (default 1 for "
                    "n_embd <= 256, where sharing a product costs more than it gives, else every core)")
+    p.add_argument("--ranks", type=int, default=None, help="train data-parallel over this many MPI processes on "
+                   "this machine: runs mpiexec -n RANKS for you and, if a rank dies, says which checkpoint survives "
+                   "and how to resume (pip install 'minigpt2[mpi]')")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
                    "with the run's own settings; flags given with it change them (--steps extends the run; --lr, "
                    "--dropout, ... retune it; --data says where its data is now); the model's shape, vocabulary, "
@@ -317,7 +322,7 @@ def flags_given(argv: list[str] | None) -> set[str]:
     parser = train_parser()
     for action in parser._actions:  # parse again with no defaults: only what was given remains
         action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv))) - {"resume", "out"}
+    return set(vars(parser.parse_args(argv))) - {"resume", "out", "ranks"}
 
 
 @command
@@ -325,7 +330,9 @@ def train_main(argv: list[str] | None = None) -> int:
     """`python -m minigpt2.train --data PATH --out DIR`: train, checkpointing as it goes."""
     parser = train_parser()
     args = vars(parser.parse_args(argv))
-    resume = args.pop("resume")
+    resume, ranks = args.pop("resume"), args.pop("ranks")
+    if ranks is not None:
+        return launch_ranks(ranks, sys.argv[1:] if argv is None else argv, args["out"], parser)
     if args["data"] is None and not resume:
         parser.error("the following arguments are required: --data (unless --resume)")
     cfg = TrainConfig(**args)  # with --resume only --out is read; the flags given change the run's settings
@@ -340,6 +347,47 @@ def train_main(argv: list[str] | None = None) -> int:
     if world.size > 1 and error is not None and not getattr(error, "everywhere", False):
         world.abort(code)  # a rank that failed alone must not leave the others waiting in an all-reduce
     return code
+
+
+def launch_ranks(ranks: int, argv: list[str], out: str, parser: argparse.ArgumentParser) -> int:
+    """`train --ranks N ...`: run `mpiexec -n N python -m minigpt2.train ...` (the same flags, less --ranks) and
+    wait for it. MPI ends the whole job when one rank dies (SIGKILL to the others, so no rank can speak): this
+    process, outside the job, then says which checkpoint survives and how to resume. A signal to this process
+    is passed on to mpiexec once (mpiexec runs in a session of its own, so a terminal's Ctrl-C reaches the ranks
+    once, not twice: a second signal would stop them at once)."""
+    if isinstance(ranks, bool) or ranks < 1:
+        parser.error(f"--ranks must be a positive integer, got {ranks}")
+    if launched_size() > 1:
+        parser.error("--ranks starts mpiexec itself; under mpiexec, leave it out")
+    launcher = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.isfile(launcher):
+        parser.error("--ranks needs MPI's mpiexec, which is not installed: pip install 'minigpt2[mpi]'")
+    rest, skip = [], False
+    for a in argv:  # the same flags, less --ranks N / --ranks=N
+        if skip:
+            skip = False
+        elif a == "--ranks":
+            skip = True
+        elif not a.startswith("--ranks="):
+            rest.append(a)
+    proc = subprocess.Popen([launcher, "-n", str(ranks), sys.executable, "-m", "minigpt2.train", *rest],
+                            start_new_session=True)
+    previous = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code in (0, 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+        return code  # the ranks ended the run themselves and said why
+    step = run_state(Path(out)) if Path(out).is_dir() else None
+    where = "nothing was saved" if step is None else (f"the last checkpoint (step {step}) is in {out}; continue with "
+                                                      f"python -m minigpt2.train --out {out} --resume --ranks {ranks}")
+    print(file=sys.stderr)  # after the killed ranks' unfinished progress bar
+    print(f"minigpt2-train: a rank ended abnormally and MPI stopped the job (mpiexec exit code {code}); {where}",
+          file=sys.stderr)
+    return code if code > 0 else 1
 
 
 def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World) -> tuple[int, Exception | None]:

@@ -296,3 +296,28 @@ def test_commands_that_do_not_split_their_work_refuse_several_ranks_once(tmp_pat
     assert lines == [f"minigpt2-{command}: error: runs in one process (mpiexec -n N is for python -m minigpt2.train); "
                      "run it without mpiexec"], "one line, from the first rank"
     assert not list(tmp_path.iterdir()), "nothing was done"
+
+
+@pytest.mark.slow
+def test_train_ranks_launches_mpiexec_and_says_how_to_resume_when_a_rank_dies(data, tmp_path):
+    mpiexec()  # MPI is installed
+    out = tmp_path / "launched"
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt2.train", "--ranks", "2",
+                             *run_args(data, out, "train.txt", steps=5000)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len([r for r in read_log_safe(out) if "loss" in r]) < 5:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        os.kill(rank_pids(str(out))[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    last = err.decode().strip().splitlines()[-1]
+    step = max(r["step"] for r in read_log_safe(out) if "loss" in r) // 2 * 2  # --save-every 2
+    assert proc.returncode != 0
+    assert last.startswith("minigpt2-train: a rank ended abnormally and MPI stopped the job"), last
+    assert f"the last checkpoint (step " in last and f"--out {out} --resume --ranks 2" in last, last
+    said = int(last.split("(step ")[1].split(")")[0])
+    assert said in (step, step - 2) and GPT2.from_pretrained(out).config.n_layer == 2
