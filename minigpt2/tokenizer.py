@@ -28,6 +28,7 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+from .bpe_train import learn_merges
 from .bundled import bundled_dir
 from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .safetensors import read_metadata
@@ -427,6 +428,16 @@ class Tokenizer:
         """The bytes of one id (useful for showing a token: tok.token_bytes(995) == b' world')."""
         return self.decode_bytes([i])
 
+    def token_label(self, i: int) -> str:
+        """One id as a person can read it, never '�': its text where its bytes are whole UTF-8 characters, its
+        bytes in hex where they are part of one (GPT-2 splits most Chinese characters over two tokens).
+
+        >>> tok = Tokenizer.train("我 我 我 们 们 我们 我们", 264, progress=False)  # 7 merges: 我 and 们 whole
+        >>> [tok.token_label(i) for i in tok.encode("你们")]  # 你 was never seen: its three bytes apart
+        ['<e4>', '<bd>', '<a0>', '们']
+        """
+        return bytes_label(self.token_bytes(i))
+
     # --- teaching ---
 
     def explain(self, text: str) -> Explanation:
@@ -495,6 +506,37 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
+# one UTF-8 character: the well-formed byte sequences of Unicode's table 3-7 (no surrogates, no overlongs)
+UTF8_CHARACTER = re.compile(rb"[\x00-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|"
+                            rb"[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|"
+                            rb"\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}")
+
+
+def bytes_label(data: bytes) -> str:
+    """Bytes as a readable label: whole UTF-8 characters as text (control characters escaped, "\\n"), the
+    bytes of a partial character in hex between angle brackets.
+
+    >>> bytes_label(" world".encode()), bytes_label("我".encode()[:2]), bytes_label("们".encode() + b"\\xe4")
+    (' world', '<e6 88>', '们<e4>')
+    """
+    out, partial, i = [], [], 0
+    while i < len(data):
+        m = UTF8_CHARACTER.match(data, i)
+        if m is None:  # a byte of a character this token holds only part of
+            partial.append(f"{data[i]:02x}")
+            i += 1
+            continue
+        if partial:
+            out.append(f"<{' '.join(partial)}>")
+            partial = []
+        ch = m.group().decode("utf-8")
+        out.append(ch.encode("unicode_escape").decode("ascii") if ch.isascii() and not ch.isprintable() else ch)
+        i = m.end()
+    if partial:
+        out.append(f"<{' '.join(partial)}>")
+    return "".join(out)
+
+
 def read_pattern(text: str | None, where: str) -> str:
     """minigpt2-tokenizer.json's text (None: no such file) -> the pre-tokenizer pattern."""
     if text is None:
@@ -532,74 +574,6 @@ def _surrogate_message(text: str) -> str:
     where = f"U+{ord(m.group()):04X} at index {m.start()}" if m else "a character that UTF-8 cannot encode"
     return (f"text contains a lone surrogate ({where}), which is not valid Unicode and has no UTF-8 bytes; "
             "clean it, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
-
-
-# --- training ---------------------------------------------------------------------------------------
-
-
-def learn_merges(words: Counter[bytes], n_merges: int, progress: bool = True) -> list[Pair]:
-    """Byte-level BPE training on pre-token counts: repeatedly merge the most frequent adjacent pair.
-
-    Pair counts are updated incrementally: a merge touches only the words that contain its pair.
-    """
-    symbols = [[w[i : i + 1] for i in range(len(w))] for w in words]  # each word as a list of symbols
-    freqs = list(words.values())
-    counts: Counter[Pair] = Counter()  # pair -> occurrences in the corpus
-    where: dict[Pair, set[int]] = {}  # pair -> indices of words containing it
-    for wi, parts in enumerate(symbols):
-        for pair in zip(parts, parts[1:]):
-            counts[pair] += freqs[wi]
-            where.setdefault(pair, set()).add(wi)
-    # max-heap by count, ties broken by the smaller pair; entries go stale as counts change
-    heap = [(-c, pair) for pair, c in counts.items()]
-    heapq.heapify(heap)
-    tokens = {w[i : i + 1] for w in words for i in range(len(w))} | {bytes([b]) for b in range(256)}
-    merges: list[Pair] = []
-    bar = tqdm(total=n_merges, desc="training BPE", unit="merge", disable=not progress)
-    while len(merges) < n_merges and heap:
-        negc, pair = heapq.heappop(heap)
-        if counts.get(pair, 0) != -negc or -negc <= 0:
-            continue  # stale entry
-        # subtle: a pair that would make an existing token (a+bc after ab+c made abc) is skipped, so every
-        # merge adds exactly one token: OpenAI's files (and tiktoken) rely on id = 256 + merge rank.
-        if pair[0] + pair[1] in tokens:
-            counts[pair] = 0
-            continue
-        merges.append(pair)
-        tokens.add(pair[0] + pair[1])
-        bar.update(1)
-        changed: set[Pair] = set()
-        for wi in where.pop(pair):
-            old = symbols[wi]
-            new = _merge_pair(old, pair)
-            f = freqs[wi]
-            for p in zip(old, old[1:]):
-                counts[p] -= f
-                changed.add(p)
-            for p in zip(new, new[1:]):
-                counts[p] += f
-                changed.add(p)
-                where.setdefault(p, set()).add(wi)
-            symbols[wi] = new
-        for p in changed:
-            if counts[p] > 0 and p != pair:
-                heapq.heappush(heap, (-counts[p], p))
-        counts.pop(pair, None)
-    bar.close()
-    return merges
-
-
-def _merge_pair(parts: list[bytes], pair: Pair) -> list[bytes]:
-    """Merge every occurrence of `pair` in `parts`, left to right (as encoding does)."""
-    out, i = [], 0
-    while i < len(parts):
-        if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]:
-            out.append(parts[i] + parts[i + 1])
-            i += 2
-        else:
-            out.append(parts[i])
-            i += 1
-    return out
 
 
 # --- explain's result -------------------------------------------------------------------------------
@@ -640,6 +614,7 @@ class Explanation:
             for rank, (left, right), parts in p.merges:
                 after = show(parts) if parts is not None else "..."
                 lines.append(f"    rank {rank:>6}  {token_to_text(left)} + {token_to_text(right)}  ->  {after}")
+            lines.append(f"    tokens       {' '.join(repr(bytes_label(t)) for t in p.tokens)}")
             lines.append(f"    ids          {p.ids}")
         lines.append("")
         lines.append(f"ids: {self.ids}")
