@@ -519,7 +519,9 @@ def resumed_settings(saved: TrainConfig, changes: dict, out: Path, done: int) ->
     if cfg.steps < done:
         raise TrainingError(f"--steps {cfg.steps} is fewer than the {done} steps {out} has already taken")
     cfg.check()
-    return cfg, {k: v if isinstance(v, list) else [getattr(saved, k), v] for k, v in changed.items()}
+    order = [f.name for f in dataclasses.fields(TrainConfig)]  # said and logged in the settings' own order
+    return cfg, {k: v if isinstance(v, list) else [getattr(saved, k), v]
+                 for k, v in sorted(changed.items(), key=lambda kv: order.index(kv[0]))}
 
 
 PATHS = ("data", "val_data")  # settings that name a file or directory

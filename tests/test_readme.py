@@ -23,7 +23,9 @@ def python_on_path(tmp_path: Path) -> dict:
     """An environment in which `python` is this interpreter (with minigpt2 importable)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    # subtle: a script, not a symlink: a symlinked interpreter outside its virtual environment leaves the venv
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(REPO))
 
 

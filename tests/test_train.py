@@ -330,7 +330,7 @@ def test_resume_extends_and_retunes_a_run_and_logs_what_changed(pattern_data, tm
     assert [x["step"] for x in log if "loss" in x] == list(range(1, 13)), "the finished run went on to step 12"
     assert {"step": 6, "resumed": {"steps": [6, 12], "lr": [0.003, 0.001],
                                    "min_lr": [pytest.approx(0.0003), pytest.approx(0.0001)]}} in log
-    assert "lr 0.003 -> 0.001, steps 6 -> 12, min-lr 0.0003 -> 0.0001 (lr / 10)" in r.stderr.decode(), \
+    assert "with steps 6 -> 12, lr 0.003 -> 0.001, min-lr 0.0003 -> 0.0001 (lr / 10)" in r.stderr.decode(), \
         "the default min_lr follows lr, and both changes are said"
     lrs = [x["lr"] for x in log if "loss" in x]
     assert max(lrs[6:]) <= 1e-3 < max(lrs[:6]), "the new peak rate is honoured"
