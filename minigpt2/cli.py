@@ -446,7 +446,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default context // 2)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="one JSON object per file: file, tokens, nll (per token), "
-                   "total_nll, perplexity, bits_per_byte, bytes; for a task file: file, examples, tokens, nll, "
+                   "total_nll, perplexity, bits_per_byte, bytes, bits_per_char, chars; for a task file: file, examples, tokens, nll, "
                    "perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
     args = p.parse_args(argv)
     refused = one_process_only(p.prog)
@@ -483,10 +483,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"file": path, "tokens": score.tokens, "nll": score.nll_per_token, "total_nll": score.nll,
                               "perplexity": score.perplexity, "bits_per_byte": score.bits_per_byte,
-                              "bytes": score.bytes}), flush=True)
+                              "bytes": score.bytes, "bits_per_char": score.bits_per_char, "chars": score.chars}),
+                  flush=True)
         else:
             print(f"{path}: {score.tokens} tokens, NLL {score.nll_per_token:.4f} nats/token, perplexity "
-                  f"{score.perplexity:.3f}, {score.bits_per_byte:.4f} bits/byte", flush=True)
+                  f"{score.perplexity:.3f}, {score.bits_per_byte:.4f} bits/byte, {score.bits_per_char:.4f} bits/char",
+                  flush=True)
     return 0
 
 

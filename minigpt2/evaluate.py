@@ -66,6 +66,7 @@ class Score:
     nll: float  # total negative log-likelihood of the scored tokens, in nats
     tokens: int  # tokens scored (every token of the text)
     bytes: int | None = None  # UTF-8 bytes of the text, when the text is known
+    chars: int | None = None  # characters of the text, when the text is known
 
     @property
     def nll_per_token(self) -> float:
@@ -78,6 +79,12 @@ class Score:
     @property
     def bits_per_byte(self) -> float | None:
         return None if not self.bytes else self.nll / math.log(2) / self.bytes
+
+    @property
+    def bits_per_char(self) -> float | None:
+        """Bits per character: comparable between vocabularies (as perplexity per token is not), and the figure
+        for Chinese, whose characters are three UTF-8 bytes each."""
+        return None if not self.chars else self.nll / math.log(2) / self.chars
 
 
 def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -134,7 +141,8 @@ def evaluate(model, ids=None, *, text: str | None = None, tokenizer: Tokenizer |
                 total += score_windows(s, same, model)
             bar.update(len(group))
     n = len(s) - 1
-    return Score(nll=total, tokens=n, bytes=len(text.encode("utf-8")) if text is not None else None)
+    return Score(nll=total, tokens=n, bytes=len(text.encode("utf-8")) if text is not None else None,
+                 chars=len(text) if text is not None else None)
 
 
 def check_windows(context: int | None, stride: int | None, n_ctx: int) -> tuple[int, int]:

@@ -12,7 +12,8 @@ from minigpt2.download import openai_dir
 from minigpt2.files import CONVERTED_FILE
 from minigpt2.load import converted_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"  # beside the repository, when run from a clone
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"  # beside the repository, when run from a clone
 FIXTURE = SHARED / "fixtures" / "tf-gpt2-tiny"  # a small checkpoint written by TensorFlow, random weights
 
 
@@ -43,3 +44,22 @@ def gpt2_tokenizer() -> Tokenizer:
             return Tokenizer.from_dir(d)
     print("GPT-2's vocabulary is not in the cache; using the bundled model's 1,024-token vocabulary instead.")
     return Tokenizer.from_pretrained("tiny")
+
+
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "AR PL UMing CN")
+
+
+def cjk_font() -> str | None:
+    """Make matplotlib draw Chinese labels with a CJK font installed on this machine (its name), or None if
+    there is none (the labels then show as boxes; e.g. apt-get install fonts-noto-cjk)."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    for name in CJK_FONTS:
+        if name in installed:
+            matplotlib.rcParams["font.sans-serif"] = [name] + list(matplotlib.rcParams["font.sans-serif"])
+            matplotlib.rcParams["axes.unicode_minus"] = False
+            return name
+    return None

@@ -1,6 +1,12 @@
 """Tokenizer throughput: minigpt2 (pure Python) vs tiktoken (Rust) vs transformers' GPT2Tokenizer.
 
     python scripts/bench_tokenizer.py [--corpus FILE] [--mb 4] [--reps 3] [--json]
+    python scripts/bench_tokenizer.py --train zh/news-train.txt --val zh/news-val.txt [--vocab-size 8000]
+
+The second form times vocabulary training instead: minigpt2's Tokenizer.train against Hugging Face tokenizers'
+byte-level BPE trainer (Rust) on the same text, each in a fresh process one after the other, and compares the
+tokens per character each vocabulary spends on the held-out text (the target: within 3x of its time, within
+5% of its tokens per character).
 
 The corpus is English prose + Python source (by default built from the Python standard library that is
 installed, so it runs offline anywhere). Every minigpt2 run uses a fresh tokenizer: no cache warmed by an
@@ -111,6 +117,46 @@ def measure(text: str, vocab_dir: Path, reps: int = 3) -> dict:
     }
 
 
+TRAIN_ONE = {
+    "minigpt2": """
+import sys, time
+from minigpt2 import Tokenizer
+text, val, size = open(sys.argv[1], encoding="utf-8").read(), open(sys.argv[2], encoding="utf-8").read(), int(sys.argv[3])
+t0 = time.perf_counter(); tok = Tokenizer.train(text, size, progress=False); t = time.perf_counter() - t0
+print(t, len(tok.encode(val)) / len(val), tok.n_vocab)
+""",
+    "tokenizers": """
+import sys, time
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+text, val, size = open(sys.argv[1], encoding="utf-8").read(), open(sys.argv[2], encoding="utf-8").read(), int(sys.argv[3])
+tok = Tokenizer(models.BPE()); tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["<|endoftext|>"], show_progress=False,
+                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+t0 = time.perf_counter(); tok.train_from_iterator([text], trainer); t = time.perf_counter() - t0
+print(t, len(tok.encode(val).ids) / len(val), tok.get_vocab_size())
+""",
+}
+
+
+def measure_training(train: str, val: str, vocab_size: int, reps: int) -> dict:
+    """Seconds (median) and tokens per character of each trainer, each run in a fresh process, alternating."""
+    import subprocess
+
+    seconds: dict[str, list[float]] = {name: [] for name in TRAIN_ONE}
+    per_char, sizes = {}, {}
+    for _ in range(reps):
+        for name, code in TRAIN_ONE.items():
+            out = subprocess.run([sys.executable, "-c", code, train, val, str(vocab_size)], capture_output=True,
+                                 text=True, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            t, c, n = out.stdout.split()
+            seconds[name].append(float(t))
+            per_char[name], sizes[name] = float(c), int(n)
+    return {"vocab_size": vocab_size, "seconds": {n: round(statistics.median(t), 2) for n, t in seconds.items()},
+            "seconds_range": {n: [round(min(t), 2), round(max(t), 2)] for n, t in seconds.items()},
+            "tokens_per_char": {n: round(c, 4) for n, c in per_char.items()}, "ids": sizes}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", help="a UTF-8 text file (default: English + code from the Python stdlib)")
@@ -118,7 +164,25 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3, help="alternating repetitions (default 3)")
     p.add_argument("--vocab", help="directory with encoder.json + vocab.bpe (default: ../shared/data or cache)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--train", help="time vocabulary training on this UTF-8 file instead (with --val)")
+    p.add_argument("--val", help="held-out text for --train's tokens per character")
+    p.add_argument("--vocab-size", type=int, default=8000, help="--train's vocabulary size (default 8000)")
     args = p.parse_args()
+    if args.train:
+        r = measure_training(args.train, args.val or args.train, args.vocab_size, args.reps)
+        if args.json:
+            print(json.dumps(r, indent=2))
+            return 0
+        secs, chars = r["seconds"], r["tokens_per_char"]
+        print(f"vocabulary training at {args.vocab_size:,} ids on {args.train}; tokens per character on {args.val}")
+        print(f"{'trainer':<12}{'seconds':>10}{'min-max':>16}{'tokens/char':>13}")
+        for name in secs:
+            lo, hi = r["seconds_range"][name]
+            print(f"{name:<12}{secs[name]:>10.1f}{f'{lo:.1f}-{hi:.1f}':>16}{chars[name]:>13.3f}")
+        ratio, fewer = secs["minigpt2"] / secs["tokenizers"], chars["minigpt2"] / chars["tokenizers"] - 1
+        print(f"minigpt2 takes {ratio:.2f}x the time (target <= 3x) and {fewer:+.1%} tokens per character (target "
+              "within 5%)")
+        return 0 if ratio <= 3 and abs(fewer) <= 0.05 else 1
     text = Path(args.corpus).read_text(encoding="utf-8") if args.corpus else default_corpus(args.mb)
     r = measure(text, find_vocab_dir(args.vocab), args.reps)
     if args.json:

