@@ -43,6 +43,8 @@ def parse_args():
     p.add_argument("--skip-train", action="store_true", help="skip the training-step rows")
     p.add_argument("--only-train", action="store_true", help="only the training-step rows (and evaluation)")
     p.add_argument("--skip-774m", action="store_true", help="skip the 774M fine-tuning memory check (13 GB)")
+    p.add_argument("--only-evaluate", action="store_true", help="only the evaluation rows (transformers, and "
+                   "--batch-size 1 / 8 / 64 on this shape and on the bundled tiny model)")
     p.add_argument("--only-decode", action="store_true", help="only the decode rows (1 and 4 samples)")
     p.add_argument("--only-tasks", action="store_true", help="only the task rows: scoring a 1,000-example choice "
                    "file, and a task-file training step against a text step of the same tokens")
@@ -399,6 +401,26 @@ def measure_evaluation(model: GPT2, hf, rows: list, results: dict) -> None:
     ours, ref = rate(len(ids), t["minigpt2"]), rate(len(ids), t["transformers"])
     results["evaluate"] = {"minigpt2": ours, "transformers": ref}
     rows.append(("evaluate tokens/s (context 1024, stride 512)", ours, ref, ""))
+    measure_evaluation_batches(model, ids, rows, results)
+
+
+def measure_evaluation_batches(model: GPT2, ids: np.ndarray, rows: list, results: dict) -> None:
+    """`evaluate`'s --batch-size (windows per forward pass), from which its default is chosen: this model's
+    shape at context 1024, and the bundled tiny model (context 128) on Python's manual, at 1, 8 and 64."""
+    from pydoc_data.topics import topics
+
+    from minigpt2 import Tokenizer
+    from minigpt2.evaluate import evaluate
+
+    tiny, tok = GPT2.from_pretrained("tiny"), Tokenizer.from_pretrained("tiny")
+    manual = np.array(tok.encode(" ".join(topics[k] for k in sorted(topics))[:150_000]))
+    for name, m, x, context, eot in (("124M shape", model, ids, 1024, 50256), ("tiny", tiny, manual, 128, tok.eot_id)):
+        t = alternate({b: (lambda b=b: evaluate(m, x, context=context, batch_size=b, eot_id=eot)) for b in (1, 8, 64)},
+                      ARGS.reps)
+        at = {b: rate(len(x), t[b]) for b in t}
+        results[f"evaluate_batch_{name}"] = at
+        rows.append((f"evaluate tokens/s, {name}: --batch-size 8 vs 64", at[8], at[64], ""))
+        rows.append((f"evaluate tokens/s, {name}: --batch-size 8 vs 1", at[8], at[1], ""))
 
 
 def choice_rows(n: int, rng: np.random.Generator, V: int) -> list[tuple[list[int], list[list[int]]]]:
@@ -476,6 +498,10 @@ def main() -> int:
     rows, results = [], {"machine": machine(), "size": ARGS.size, "threads": ARGS.threads}
     if ARGS.only_tasks:
         measure_tasks(model, hf, rows, results)
+        print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)
+        return 0
+    if ARGS.only_evaluate:
+        measure_evaluation(model, hf, rows, results)
         print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)
         return 0
     if ARGS.only_train:
