@@ -154,8 +154,8 @@ def _download(url: str, dest: Path, session: requests.Session | None, retries: i
             last_error = f"{type(e).__name__}: {e}"
             reason = type(e).__name__
     raise DownloadError(
-        f"could not download {url} after {retries + 1} attempts ({last_error}).\n"
-        f"Without network, fetch that URL elsewhere and place the file at {dest} "
+        f"could not download {url} after {retries + 1} attempts ({last_error}); "
+        f"without network, fetch that URL elsewhere and place the file at {dest} "
         f"(a partial download, if any, is kept at {part} and resumes next time).",
         url=url, reason=reason or last_error,
     )

@@ -297,7 +297,7 @@ def load_model(name_or_path: str | os.PathLike, progress: bool = True, verify_cr
     try:  # convert reads and checks everything (index, data file sizes, shapes vs hparams) before writing
         convert(raw, dest, progress=progress)
     except (CheckpointError, ValueError) as e:
-        raise CheckpointError(f"the downloaded files of {name} in {raw} do not fit together: {e}\n"
-                              "Delete the file named above to download it again.") from None
+        raise CheckpointError(f"the downloaded files of {name} in {raw} do not fit together: {e}; delete the file "
+                              "named to download it again") from None
     config, flat = load_converted(dest)
     return config, unflatten(flat)

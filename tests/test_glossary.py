@@ -6,7 +6,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GLOSSARY = (REPO / "docs" / "glossary.md").read_text(encoding="utf-8")
-MODULES = {p.stem for p in (REPO / "minigpt2").glob("*.py")}
+MODULES = {p.stem for p in (REPO / "minigpt2").glob("*.py")} | {p.parent.name for p in (REPO / "minigpt2").glob("*/__init__.py")}
 
 
 def test_every_name_the_glossary_gives_exists():
@@ -25,6 +25,6 @@ def test_every_name_the_glossary_gives_exists():
 
 def test_every_flag_the_glossary_gives_exists():
     flags = set(re.findall(r"`(--[a-z-]+)", GLOSSARY))
-    source = "".join(p.read_text(encoding="utf-8") for p in (REPO / "minigpt2").glob("*.py"))
+    source = "".join(p.read_text(encoding="utf-8") for p in (REPO / "minigpt2").rglob("*.py"))
     defined = set(re.findall(r"add_argument\(\s*\"(--[a-z-]+)\"", source))
     assert flags and flags <= defined, f"flags no command takes: {sorted(flags - defined)}"

@@ -34,32 +34,68 @@ ALLOWED = {
     "evaluate": {"config", "files", "generation", "model", "ops", "tasks", "tokenizer", "vocab"},
     "export": {"cli"},
     "generate": {"cli"},
-    "train": {"distributed", "backward", "machine", "version", "blas", "config", "download", "files", "gpt2", "load", "model", "optim", "params",
-              "safetensors", "save", "tasks", "tf_checkpoint", "tokenizer", "vocab"},
-    "cli": {"distributed", "config", "download", "evaluate", "files", "version", "generation", "gpt2", "save", "tasks", "tf_checkpoint", "tokenizer",
-            "train", "vocab"},
+    # the training package, one file a job, in the order its data flows
+    "train.settings": set(),
+    "train.data": {"download", "files", "tasks", "tokenizer", "vocab", "train.settings"},
+    "train.stop": {"distributed"},
+    "train.rundir": {"blas", "config", "distributed", "files", "optim", "params", "safetensors", "save", "tasks",
+                     "tokenizer", "version", "train.data", "train.settings"},
+    "train.step": {"backward", "config", "distributed", "model", "params", "tasks", "train.data", "train.settings",
+                   "train.stop"},
+    "train.loop": {"blas", "config", "distributed", "download", "gpt2", "load", "machine", "optim", "params",
+                   "safetensors", "save", "tokenizer", "train.data", "train.rundir", "train.settings", "train.step",
+                   "train.stop"},
+    "train": {"train.data", "train.loop", "train.rundir", "train.settings", "train.step", "train.stop"},
+    "train.__main__": {"cli"},
+    "cli": {"distributed", "config", "download", "evaluate", "files", "version", "generation", "gpt2", "save", "tasks",
+            "tf_checkpoint", "tokenizer", "train", "vocab"},
     "__init__": {"config", "fast", "gpt2", "model", "tokenizer", "version"},
     "__main__": {"cli"},
 }
 RUNTIME_DEPENDENCIES = {"numpy", "regex", "requests", "tqdm"}
 
 
+def path_of(module: str) -> Path:
+    """minigpt2/<module>.py, or a package's file ("train.loop" -> minigpt2/train/loop.py, "train" -> its
+    __init__.py)."""
+    parts = module.split(".")
+    if (PACKAGE / Path(*parts)).is_dir():
+        return PACKAGE / Path(*parts) / "__init__.py"
+    return PACKAGE / Path(*parts[:-1]) / f"{parts[-1]}.py"
+
+
+def room(dotted: str) -> str:
+    """A module of ours by its name under minigpt2 ("train.loop", "config"), a module of a package named as
+    such, anything else of the package (e.g. `from minigpt2.train import x`) by its first part."""
+    parts = dotted.split(".")
+    if len(parts) > 1 and (PACKAGE / parts[0]).is_dir():
+        return ".".join(parts[:2])
+    return parts[0]
+
+
 def imports(module: str) -> tuple[set[str], set[str]]:
-    """(modules of ours, third-party top-level packages) imported anywhere in minigpt2/<module>.py: at the top,
+    """(modules of ours, third-party top-level packages) imported anywhere in the module's file: at the top,
     inside functions and methods, or under a condition (ast.walk visits every node), except under
-    `if __name__ == "__main__":`, where a module that is also a command hands over to cli.py."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    `if __name__ == "__main__":`, where a module that is also a command hands over to cli.py. Relative imports
+    are resolved from the file's own package (a file of minigpt2/train/ importing `.stop` imports train.stop)."""
+    path = path_of(module)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     tree.body = [node for node in tree.body if not is_main_block(node)]
+    here = [] if path.parent == PACKAGE else [path.parent.name]  # the package the file is in, below minigpt2
     ours, theirs = set(), set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level and node.module:
-            ours.add(node.module.split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and node.level:  # from . import backward
-            ours.update(a.name for a in node.names)
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = here[: len(here) - (node.level - 1)] if node.level - 1 <= len(here) else None
+            assert base is not None, f"{path}: an import above the package"
+            if node.module:
+                ours.add(room(".".join(base + [node.module])))
+            else:  # from . import backward
+                ours.update(room(".".join(base + [a.name])) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             theirs.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
             theirs.update(a.name.split(".")[0] for a in node.names)
+    ours.discard(module)
     return ours, theirs
 
 
@@ -69,14 +105,25 @@ def is_main_block(node) -> bool:
 
 def test_a_main_block_only_hands_over_to_the_command_line():
     for module in ALLOWED:
-        tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+        tree = ast.parse(path_of(module).read_text(encoding="utf-8"))
         for node in (n for n in tree.body if is_main_block(n)):
             ours = {n.module for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.level}
             assert ours <= {"cli"}, f"minigpt2/{module}.py's __main__ block imports {ours}"
 
 
+def all_modules() -> set[str]:
+    """Every module file of minigpt2, a package's files named "package.file" and its __init__ by the package."""
+    out = set()
+    for p in PACKAGE.rglob("*.py"):
+        parts = list(p.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out.add(".".join(parts))
+    return out
+
+
 def test_every_module_is_listed():
-    assert {p.stem for p in PACKAGE.glob("*.py")} == set(ALLOWED)
+    assert all_modules() == set(ALLOWED)
 
 
 def test_imports_point_upstream():
@@ -92,7 +139,7 @@ def test_only_runtime_dependencies_and_the_standard_library():
         _, theirs = imports(module)
         third_party = {m for m in theirs if m not in sys.stdlib_module_names and m != "__future__"}
         optional = {"mpi4py"} if module == "distributed" else set()  # imported only under an MPI launcher
-        assert third_party <= RUNTIME_DEPENDENCIES | optional, f"minigpt2/{module}.py imports {sorted(third_party)}"
+        assert third_party <= RUNTIME_DEPENDENCIES | optional, f"{path_of(module)} imports {sorted(third_party)}"
         if "requests" in theirs:
             assert module == "download", f"network code belongs in download, found in {module}"
 
@@ -103,6 +150,7 @@ def test_the_check_sees_imports_inside_functions(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
     assert imports("probe")[0] == {"load", "train"}
+
 
 
 def test_no_cycles_even_through_lazy_imports():
