@@ -26,7 +26,6 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import regex
-from tqdm import tqdm
 
 from .bpe_train import learn_merges
 from .bundled import bundled_dir

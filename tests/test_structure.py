@@ -51,6 +51,7 @@ ALLOWED = {
             "tf_checkpoint", "tokenizer", "train", "vocab"},
     "__init__": {"config", "fast", "gpt2", "model", "tokenizer", "version"},
     "__main__": {"cli"},
+    "evaluate.__main__": {"cli"},
 }
 RUNTIME_DEPENDENCIES = {"numpy", "regex", "requests", "tqdm"}
 

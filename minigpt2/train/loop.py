@@ -254,7 +254,7 @@ def scratch_tokenizer(name_or_dir: str | None) -> Tokenizer:
 def check_memory(cfg: TrainConfig, config: GPT2Config, world: World | None = None) -> None:
     """Refuse, before allocating anything, a run whose arrays cannot fit in this machine's memory: the
     parameters, gradients and AdamW's two moments (4 copies; under MPI each rank holds 1/N of the moments), and
-    one micro-batch's saved activations (about 16 C floats per token and layer, model.py's SAVED) with one
+    one micro-batch's saved activations (about 16 C floats per token and layer, backward.SAVED) with one
     layer's attention scores (a rank's share of the rows); times the ranks running on this machine."""
     total = physical_memory()
     if total is None:

@@ -36,18 +36,17 @@ the model's context keeps its last tokens (the continuation must fit).
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
-from .config import ArgumentError
-from .files import read_utf8
-from .generation import EOT_ID
-from .model import KVCache, gpt2, lm_loss, transformer
-from .ops import linear
-from .tasks import (
+from ..config import ArgumentError
+from ..files import read_utf8
+from ..generation import EOT_ID
+from ..model import KVCache, gpt2, lm_loss, transformer
+from ..ops import linear
+from ..tasks import (
     TaskFileError,
     TaskRow,
     completion_nll,
@@ -55,8 +54,8 @@ from .tasks import (
     eot_id_of,
     read_task_file,
 )
-from .tokenizer import Tokenizer
-from .vocab import ENDOFTEXT
+from ..tokenizer import Tokenizer
+from ..vocab import ENDOFTEXT
 
 
 @dataclass(frozen=True)
@@ -319,9 +318,3 @@ def read_text(path: str) -> str:
     if not text:
         raise ValueError(f"{path} is empty: there is nothing to score")
     return text
-
-
-if __name__ == "__main__":  # the command line lives in cli.py
-    from .cli import evaluate_main
-
-    sys.exit(evaluate_main())
