@@ -51,3 +51,10 @@ def test_the_sort_demo_runs_as_written_and_gives_the_figures_it_shows(tmp_path):
     assert measured[3] >= 0.95
     prose = re.search(r"exact match ([\d.]+) on the 200 held-out examples", README)
     assert prose and abs(float(prose[1]) - shown[3]) < 1e-9, "the prose quotes the figure the demo prints"
+
+
+def test_the_readme_stays_short_and_its_first_commands_are_there():
+    assert len(README.encode("utf-8")) < 12_000, "detail belongs in docs/"
+    assert 'pip install . && python -m minigpt2.generate "' in README
+    assert re.search(r"<!-- test-command -->\s*```bash\npip install -e \".\[test,reference\]\" && python -m pytest\n```",
+                     README)
