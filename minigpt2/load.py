@@ -137,6 +137,9 @@ def checkpoint_prefix(directory: Path) -> Path:
     if state.is_file():
         m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', state.read_text(encoding="utf-8", errors="replace"), re.M)
         if m:
+            if "\0" in m[1]:
+                raise CheckpointError(f"{state}: model_checkpoint_path {m[1]!r} holds a NUL byte; no file has such "
+                                      "a name (the file is corrupted)")
             return directory / m[1]
     return directory / "model.ckpt"
 

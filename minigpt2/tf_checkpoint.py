@@ -286,6 +286,8 @@ def read_table(path: str) -> list[tuple[bytes, bytes]]:
             table = f.read()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint index not found: {path}") from None
+    except (OSError, ValueError) as e:  # unreadable, or a path no file can have (a NUL byte)
+        raise CheckpointError(f"cannot read the checkpoint index {path!r}: {e}") from None
     if len(table) < FOOTER_SIZE:
         raise CheckpointError(f"{path} is {len(table)} bytes, too short to be a checkpoint index")
     footer = table[-FOOTER_SIZE:]

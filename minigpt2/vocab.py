@@ -77,8 +77,9 @@ def parse_encoder_json(text: str, merges: list[tuple[bytes, bytes]], where: str 
     """
     try:
         raw = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{where} is not valid JSON ({e}); expected GPT-2's encoder.json / vocab.json") from None
+    except (ValueError, RecursionError) as e:  # bad JSON, absurd nesting, a number of 100,000 digits
+        raise ValueError(f"{where} is not valid JSON ({str(e)[:200]}); expected GPT-2's encoder.json / vocab.json"
+                         ) from None
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{where}: expected a JSON object mapping tokens to ids, got {type(raw).__name__}")
     merged = {token_to_text(a + b) for a, b in merges}

@@ -174,3 +174,19 @@ def test_a_dtype_that_is_not_a_string_is_the_readers_own_error(tmp_path, dtype):
     (tmp_path / "x.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(4))
     with pytest.raises(SafetensorsError, match="tensor t has a malformed header entry"):
         read_safetensors(tmp_path / "x.safetensors")
+
+
+def test_a_checkpoint_file_naming_a_path_with_a_nul_byte_is_the_readers_own_error(copy_of_fixture):
+    (copy_of_fixture / "checkpoint").write_text('model_checkpoint_path: "model\x00.ckpt"\n')
+    with pytest.raises(CheckpointError, match="holds a NUL byte"):
+        GPT2.from_pretrained(copy_of_fixture)
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint index"):
+        read_table(str(copy_of_fixture / "model\x00.ckpt.index"))
+
+
+def test_an_encoder_json_with_a_hundred_thousand_digit_id_is_named(vocab_dir, tmp_path):
+    from minigpt2 import Tokenizer
+
+    (tmp_path / "encoder.json").write_text('{"a": ' + "9" * 100_000 + "}")
+    with pytest.raises(ValueError, match=r"encoder.json is not valid JSON \(Exceeds the limit"):
+        Tokenizer.from_files(tmp_path / "encoder.json", vocab_dir / "vocab.bpe")
