@@ -35,7 +35,7 @@ from .evaluate import (
     read_text,
     score_task_file,
 )
-from .generation import EOT_ID, check_generation_args, generate, stream
+from .generation import check_generation_args, generate, stream
 from .gpt2 import GPT2
 from .save import OverwriteRefused
 from .tasks import TaskFileError, is_task_file, read_task_file
@@ -53,7 +53,7 @@ from .train import (
     train,
 )
 from .version import __version__
-from .vocab import ENDOFTEXT
+from .vocab import ENDOFTEXT, EOT_ID
 
 
 class Parser(argparse.ArgumentParser):

@@ -22,8 +22,8 @@ from .config import ArgumentError
 from .machine import physical_memory
 from .model import KVCache, check_ids, gpt2
 from .sample import apply_repetition_penalty, check_sampling_args, sample
+from .vocab import EOT_ID
 
-EOT_ID = 50256  # GPT-2's <|endoftext|>
 MAX_NEW_TOKENS = 1_000_000  # a request beyond this is a typo, not a plan: refused
 
 

@@ -13,13 +13,10 @@
 from __future__ import annotations
 
 import codecs
-import heapq
 import json
 import os
-import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -27,12 +24,16 @@ from typing import Iterable, Iterator
 import numpy as np
 import regex
 
-from .bpe_train import learn_merges
+from .bpe_train import learn_merges, merge_pair
 from .bundled import bundled_dir
+from .explain import EXPLAIN_STEPS_UP_TO, Explanation, PieceTrace
 from .files import CONVERTED_FILE, read_utf8, write_atomically
 from .safetensors import read_metadata
+from .tokenizer_fast import bpe, pretokenize, safe_cut_after
 from .vocab import (
     ENDOFTEXT,
+    GPT2_SPLIT_PATTERN,
+    bytes_label,
     byte_order,
     encoder_json_text,
     parse_encoder_json,
@@ -41,73 +42,10 @@ from .vocab import (
     vocab_bpe_text,
 )
 
-# OpenAI's pre-tokenizer (encoder.py): contractions, letters, digits, other symbols, whitespace.
-# subtle: `\s+(?!\S)` leaves the last space of a run to start the next word (" world"), so "a   b"
-# splits as ["a", "  ", " b"].
-GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
 Pair = tuple[bytes, bytes]
-EXPLAIN_STEPS_UP_TO = 256  # bytes: explain shows every step of words up to this long, only the merges of longer ones
 ENCODER_FILE, MERGES_FILE = "encoder.json", "vocab.bpe"
 HF_ENCODER_FILE, HF_MERGES_FILE = "vocab.json", "merges.txt"  # the same two formats under Hugging Face's names
 PATTERN_FILE = "minigpt2-tokenizer.json"  # {"pattern": ...}: the pre-tokenizer, when saved by minigpt2
-
-# --- pre-tokenizing fast ---------------------------------------------------------------------------
-# Speed, not meaning: on ASCII text the pattern above is exactly this one, with \p{L} = [A-Za-z],
-# \p{N} = [0-9] and \s = [\t\n\v\f\r ], and the standard library's `re` runs it about twice as fast as
-# `regex` runs the Unicode one. `pretokenize` uses it on the ASCII stretches of a text and the full pattern
-# around non-ASCII characters. Cutting is safe between a non-whitespace character and a whitespace one:
-# no pre-token spans such a point, and matching restarts there as if the text began anew.
-_ASCII_WS = "\t\n\x0b\x0c\r "
-_ASCII_SPLIT = re.compile(
-    rf"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^{_ASCII_WS}A-Za-z0-9]+|[{_ASCII_WS}]+(?![^{_ASCII_WS}])|[{_ASCII_WS}]+"""
-).findall
-_UNICODE_SPLIT = regex.compile(GPT2_SPLIT_PATTERN).findall
-_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
-# Unicode's White_Space characters, which is what `regex` means by \s (a test checks all code points)
-UNICODE_WS = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-                       "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-
-
-def pretokenize(text: str) -> list[str]:
-    """GPT-2's pre-tokens of `text`, the same as regex.findall(GPT2_SPLIT_PATTERN, text), faster.
-
-    >>> pretokenize("Hello  world's 42!")
-    ['Hello', ' ', ' world', "'s", ' 42', '!']
-    """
-    if text.isascii():
-        return _ASCII_SPLIT(text)
-    pieces: list[str] = []
-    done = 0  # text[:done] is pre-tokenized
-    for run in _NON_ASCII.finditer(text):
-        if run.end() <= done:
-            continue  # already inside the previous Unicode window
-        start, end = _safe_cut_before(text, run.start(), done), _safe_cut_after(text, run.end())
-        pieces += _ASCII_SPLIT(text[done:start])
-        pieces += _UNICODE_SPLIT(text[start:end])
-        done = end
-    pieces += _ASCII_SPLIT(text[done:])
-    return pieces
-
-
-def _is_safe_cut(text: str, i: int) -> bool:
-    return text[i] in UNICODE_WS and text[i - 1] not in UNICODE_WS
-
-
-def _safe_cut_before(text: str, i: int, lo: int) -> int:
-    """The last safe cut at or before i, not before lo (lo itself is one)."""
-    i = max(i, lo)  # a run may begin inside the previous window
-    while i > lo and not _is_safe_cut(text, i):
-        i -= 1
-    return i
-
-
-def _safe_cut_after(text: str, i: int) -> int:
-    """The first safe cut at or after i (the end of the text is one)."""
-    while i < len(text) and not _is_safe_cut(text, i):
-        i += 1
-    return i
-
 
 # --- BPE on one pre-token ---------------------------------------------------------------------------
 
@@ -126,53 +64,10 @@ def bpe_reference(word: bytes, ranks: dict[Pair, int], trace: list | None = None
         best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
         if best not in ranks:
             break
-        merged, i = [], 0
-        while i < len(parts):
-            if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                merged.append(parts[i] + parts[i + 1])
-                i += 2
-            else:
-                merged.append(parts[i])
-                i += 1
-        parts = merged
+        parts = merge_pair(parts, best)  # every occurrence, left to right (as training merges)
         if trace is not None:
             trace.append((ranks[best], best, list(parts)))
     return parts
-
-
-def bpe(word: bytes, ranks: dict[Pair, int], trace: list | None = None) -> list[bytes]:
-    """Same result as `bpe_reference` in O(n log n): a heap of candidate pairs over a linked list.
-
-    If `trace` is a list, one (rank, pair, None) tuple is appended per merge, in the order made.
-
-    Heap entries are (rank, position of the pair's left symbol), so equal ranks pop left to right,
-    exactly the order in which the reference merges all occurrences of its best pair. Entries made
-    stale by an earlier merge are recognised (the pair now at that position has another rank) and dropped.
-    """
-    parts: list[bytes | None] = [word[i : i + 1] for i in range(len(word))]
-    n = len(parts)
-    nxt = list(range(1, n + 1))  # index of the next live symbol (n = end)
-    prv = list(range(-1, n - 1))  # index of the previous live symbol (-1 = start)
-    heap = [(r, i) for i in range(n - 1) if (r := ranks.get((parts[i], parts[i + 1]))) is not None]
-    heapq.heapify(heap)
-    while heap:
-        rank, i = heapq.heappop(heap)
-        j = nxt[i]
-        if parts[i] is None or j >= n or ranks.get((parts[i], parts[j])) != rank:
-            continue  # stale: this pair was changed by an earlier merge
-        if trace is not None:
-            trace.append((rank, (parts[i], parts[j]), None))
-        parts[i] = parts[i] + parts[j]  # merge symbol j into symbol i
-        parts[j] = None
-        nxt[i] = nxt[j]
-        if nxt[i] < n:
-            prv[nxt[i]] = i
-        # the merged symbol forms new pairs with its neighbours
-        if prv[i] >= 0 and (r := ranks.get((parts[prv[i]], parts[i]))) is not None:
-            heapq.heappush(heap, (r, prv[i]))
-        if nxt[i] < n and (r := ranks.get((parts[i], parts[nxt[i]]))) is not None:
-            heapq.heappush(heap, (r, i))
-    return [p for p in parts if p is not None]
 
 
 # --- the tokenizer ----------------------------------------------------------------------------------
@@ -347,7 +242,7 @@ class Tokenizer:
             return
         start = 0
         while len(text) - start > size:
-            cut = _safe_cut_after(text, start + size)
+            cut = safe_cut_after(text, start + size)
             yield text[start:cut]
             start = cut
         if start < len(text):
@@ -505,37 +400,6 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-# one UTF-8 character: the well-formed byte sequences of Unicode's table 3-7 (no surrogates, no overlongs)
-UTF8_CHARACTER = re.compile(rb"[\x00-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|"
-                            rb"[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|"
-                            rb"\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}")
-
-
-def bytes_label(data: bytes) -> str:
-    """Bytes as a readable label: whole UTF-8 characters as text (control characters escaped, "\\n"), the
-    bytes of a partial character in hex between angle brackets.
-
-    >>> bytes_label(" world".encode()), bytes_label("我".encode()[:2]), bytes_label("们".encode() + b"\\xe4")
-    (' world', '<e6 88>', '们<e4>')
-    """
-    out, partial, i = [], [], 0
-    while i < len(data):
-        m = UTF8_CHARACTER.match(data, i)
-        if m is None:  # a byte of a character this token holds only part of
-            partial.append(f"{data[i]:02x}")
-            i += 1
-            continue
-        if partial:
-            out.append(f"<{' '.join(partial)}>")
-            partial = []
-        ch = m.group().decode("utf-8")
-        out.append(ch.encode("unicode_escape").decode("ascii") if ch.isascii() and not ch.isprintable() else ch)
-        i = m.end()
-    if partial:
-        out.append(f"<{' '.join(partial)}>")
-    return "".join(out)
-
-
 def read_pattern(text: str | None, where: str) -> str:
     """minigpt2-tokenizer.json's text (None: no such file) -> the pre-tokenizer pattern."""
     if text is None:
@@ -573,51 +437,3 @@ def _surrogate_message(text: str) -> str:
     where = f"U+{ord(m.group()):04X} at index {m.start()}" if m else "a character that UTF-8 cannot encode"
     return (f"text contains a lone surrogate ({where}), which is not valid Unicode and has no UTF-8 bytes; "
             "clean it, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
-
-
-# --- explain's result -------------------------------------------------------------------------------
-
-
-@dataclass
-class PieceTrace:
-    """One pre-token's way through BPE."""
-
-    text: str  # the pre-token, e.g. " world"
-    bytes: bytes  # its UTF-8 bytes
-    merges: list  # (rank, (left, right), parts after the merge, or None for a long word), in the order applied
-    tokens: list[bytes]  # the final tokens
-    ids: list[int]  # their ids
-
-
-@dataclass
-class Explanation:
-    """`Tokenizer.explain`'s result: print it (or show it in a notebook) to see every step."""
-
-    text: str
-    pattern: str
-    pieces: list[PieceTrace] = field(default_factory=list)
-
-    @property
-    def ids(self) -> list[int]:
-        return [i for p in self.pieces for i in p.ids]
-
-    def __str__(self) -> str:
-        def show(parts):
-            return " ".join(token_to_text(p) for p in parts)
-
-        lines = [f"text: {self.text!r}", f"pre-tokens ({len(self.pieces)}): {[p.text for p in self.pieces]}"]
-        for p in self.pieces:
-            lines.append("")
-            lines.append(f"{p.text!r}  bytes {list(p.bytes)}")
-            lines.append(f"    start        {show([p.bytes[i:i + 1] for i in range(len(p.bytes))])}")
-            for rank, (left, right), parts in p.merges:
-                after = show(parts) if parts is not None else "..."
-                lines.append(f"    rank {rank:>6}  {token_to_text(left)} + {token_to_text(right)}  ->  {after}")
-            lines.append(f"    tokens       {' '.join(repr(bytes_label(t)) for t in p.tokens)}")
-            lines.append(f"    ids          {p.ids}")
-        lines.append("")
-        lines.append(f"ids: {self.ids}")
-        return "\n".join(lines)
-
-    __repr__ = __str__
-

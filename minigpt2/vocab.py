@@ -9,16 +9,24 @@ everything else in minigpt2 works on real bytes.
 Files:
     encoder.json  {"!": 0, ..., "Ġthe": 262, ..., "<|endoftext|>": 50256}   token (mapped text) -> id
     vocab.bpe     "#version: 0.2" header, then one merge per line, "Ġ t", in priority (rank) order
-Hugging Face ships the same two files as `vocab.json` and `merges.txt`.
+Hugging Face ships the same two files as `vocab.json` and `merges.txt`. GPT-2's vocabulary also fixes its
+pre-tokenizer (the regex that cuts text into words before BPE) and its one special token, <|endoftext|>.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 
 ENDOFTEXT = "<|endoftext|>"
+EOT_ID = 50256  # GPT-2's <|endoftext|>: its last id
 VOCAB_BPE_HEADER = "#version: 0.2"
+
+# OpenAI's pre-tokenizer (encoder.py): contractions, letters, digits, other symbols, whitespace.
+# subtle: `\s+(?!\S)` leaves the last space of a run to start the next word (" world"), so "a   b"
+# splits as ["a", "  ", " b"].
+GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 @lru_cache(maxsize=None)
@@ -130,3 +138,36 @@ def vocab_bpe_text(merges: list[tuple[bytes, bytes]]) -> str:
     """vocab.bpe exactly as OpenAI wrote it: header line, one "left right" merge per line, final newline."""
     lines = [VOCAB_BPE_HEADER] + [f"{token_to_text(a)} {token_to_text(b)}" for a, b in merges]
     return "\n".join(lines) + "\n"
+
+
+# --- showing a token ---------------------------------------------------------------------------------
+
+# one UTF-8 character: the well-formed byte sequences of Unicode's table 3-7 (no surrogates, no overlongs)
+UTF8_CHARACTER = re.compile(rb"[\x00-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|"
+                            rb"[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|"
+                            rb"\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}")
+
+
+def bytes_label(data: bytes) -> str:
+    """Bytes as a readable label: whole UTF-8 characters as text (control characters escaped, "\\n"), the
+    bytes of a partial character in hex between angle brackets.
+
+    >>> bytes_label(" world".encode()), bytes_label("我".encode()[:2]), bytes_label("们".encode() + b"\\xe4")
+    (' world', '<e6 88>', '们<e4>')
+    """
+    out, partial, i = [], [], 0
+    while i < len(data):
+        m = UTF8_CHARACTER.match(data, i)
+        if m is None:  # a byte of a character this token holds only part of
+            partial.append(f"{data[i]:02x}")
+            i += 1
+            continue
+        if partial:
+            out.append(f"<{' '.join(partial)}>")
+            partial = []
+        ch = m.group().decode("utf-8")
+        out.append(ch.encode("unicode_escape").decode("ascii") if ch.isascii() and not ch.isprintable() else ch)
+        i = m.end()
+    if partial:
+        out.append(f"<{' '.join(partial)}>")
+    return "".join(out)

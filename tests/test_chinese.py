@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from minigpt2 import GPT2, Tokenizer
 from minigpt2.bpe_train import learn_merges, merges_reference
-from minigpt2.tokenizer import GPT2_SPLIT_PATTERN, bytes_label
+from minigpt2.vocab import GPT2_SPLIT_PATTERN, bytes_label
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE_LINES = 1500  # of People's Daily; and 600 reviews of each label

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigpt2 import Tokenizer
-from minigpt2.tokenizer import bpe, bpe_reference
+from minigpt2.tokenizer import bpe_reference
+from minigpt2.tokenizer_fast import bpe
 
 from .conftest import require
 
@@ -320,7 +321,8 @@ TRICKY = st.sampled_from(list("ab Z09'sdtlmrve \t\n\r\x0b\x0c\x1c\x1f!?.,") +
 def test_pretokenize_equals_the_regex(text):
     import regex
 
-    from minigpt2.tokenizer import GPT2_SPLIT_PATTERN, pretokenize
+    from minigpt2.tokenizer_fast import pretokenize
+    from minigpt2.vocab import GPT2_SPLIT_PATTERN
 
     assert pretokenize(text) == regex.findall(GPT2_SPLIT_PATTERN, text)
 
@@ -328,7 +330,7 @@ def test_pretokenize_equals_the_regex(text):
 def test_unicode_whitespace_is_what_regex_calls_whitespace():
     import regex
 
-    from minigpt2.tokenizer import UNICODE_WS
+    from minigpt2.tokenizer_fast import UNICODE_WS
 
     assert {chr(c) for c in range(0x110000) if regex.match(r"\s", chr(c))} == set(UNICODE_WS)
 
@@ -344,7 +346,18 @@ def brute_force_merges(text: str, n_merges: int) -> list[tuple[bytes, bytes]]:
 
     import regex
 
-    from minigpt2.tokenizer import GPT2_SPLIT_PATTERN, _merge_pair
+    from minigpt2.vocab import GPT2_SPLIT_PATTERN
+
+    def merge_everywhere(parts, pair):  # left to right, as encoding does
+        out, i = [], 0
+        while i < len(parts):
+            if tuple(parts[i : i + 2]) == pair:
+                out.append(parts[i] + parts[i + 1])
+                i += 2
+            else:
+                out.append(parts[i])
+                i += 1
+        return out
 
     words = Counter(p.encode() for p in regex.findall(GPT2_SPLIT_PATTERN, text))
     split = {w: [w[i : i + 1] for i in range(len(w))] for w in words}
@@ -361,7 +374,7 @@ def brute_force_merges(text: str, n_merges: int) -> list[tuple[bytes, bytes]]:
         _, best = min(candidates)
         merges.append(best)
         tokens.add(best[0] + best[1])
-        split = {w: _merge_pair(parts, best) for w, parts in split.items()}
+        split = {w: merge_everywhere(parts, best) for w, parts in split.items()}
     return merges
 
 

@@ -43,7 +43,6 @@ from tqdm import tqdm
 
 from ..config import ArgumentError
 from ..files import read_utf8
-from ..generation import EOT_ID
 from ..model import KVCache, gpt2, lm_loss, transformer
 from ..ops import linear
 from ..tasks import (
@@ -55,7 +54,7 @@ from ..tasks import (
     read_task_file,
 )
 from ..tokenizer import Tokenizer
-from ..vocab import ENDOFTEXT
+from ..vocab import ENDOFTEXT, EOT_ID
 
 
 @dataclass(frozen=True)
