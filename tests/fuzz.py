@@ -23,7 +23,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from minigpt2.tf_checkpoint import TABLE_MAGIC, masked_crc32c, read_table
+from minigpt2.crc32c import masked_crc32c
+from minigpt2.tf_checkpoint import TABLE_MAGIC, read_table
 
 ALLOWED = {"CheckpointError", "SafetensorsError", "FormatVersionError", "ValueError", "OSError",
            "FileNotFoundError", "FileExistsError", "IsADirectoryError", "TrainingError"}

@@ -1,12 +1,10 @@
 """The bundled model `tiny`: minigpt2 works on a machine without GPT-2's weights, offline, and says so."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from minigpt2 import GPT2, Tokenizer

@@ -2,13 +2,11 @@
 a Chinese vocabulary trained fast and exactly, readable token labels, and a small pre-train + fine-tune."""
 
 import json
-import random
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import regex
 from hypothesis import given, settings

@@ -318,6 +318,6 @@ def test_train_ranks_launches_mpiexec_and_says_how_to_resume_when_a_rank_dies(da
     step = max(r["step"] for r in read_log_safe(out) if "loss" in r) // 2 * 2  # --save-every 2
     assert proc.returncode != 0
     assert last.startswith("minigpt2-train: a rank ended abnormally and MPI stopped the job"), last
-    assert f"the last checkpoint (step " in last and f"--out {out} --resume --ranks 2" in last, last
+    assert "the last checkpoint (step " in last and f"--out {out} --resume --ranks 2" in last, last
     said = int(last.split("(step ")[1].split(")")[0])
     assert said in (step, step - 2) and GPT2.from_pretrained(out).config.n_layer == 2

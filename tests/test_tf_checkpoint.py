@@ -10,7 +10,8 @@ from minigpt2 import GPT2
 from minigpt2.load import (
     from_openai,
 )
-from minigpt2.tf_checkpoint import CheckpointError, crc32c, read_checkpoint, read_index
+from minigpt2.crc32c import crc32c
+from minigpt2.tf_checkpoint import CheckpointError, read_checkpoint, read_index
 
 from .reference import DATA_FILE, assert_matches_reference
 

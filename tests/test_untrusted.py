@@ -13,13 +13,8 @@ import pytest
 from minigpt2 import GPT2
 from minigpt2.load import convert
 from minigpt2.safetensors import write_safetensors
-from minigpt2.tf_checkpoint import (
-    CheckpointError,
-    crc32c,
-    crc32c_array,
-    read_checkpoint,
-    read_table,
-)
+from minigpt2.crc32c import crc32c, crc32c_array
+from minigpt2.tf_checkpoint import CheckpointError, read_checkpoint, read_table
 
 from . import fuzz
 
