@@ -14,6 +14,8 @@ import ctypes
 import os
 from functools import lru_cache
 
+from .checks import is_whole
+
 # the names OpenBLAS builds export it under: NumPy's scipy-openblas (64-bit ints, prefixed), plain OpenBLAS
 SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_", "openblas_set_num_threads64_",
            "openblas_set_num_threads")
@@ -52,7 +54,7 @@ def blas_threads() -> int | None:
 
 def set_blas_threads(n: int) -> bool:
     """Make NumPy's matrix products use `n` threads from now on; False if this BLAS cannot be told."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_whole(n) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
     lib = _openblas()
     for name in SETTERS if lib is not None else ():

@@ -7,6 +7,8 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
+from .checks import is_real
+
 
 class ArgumentError(ValueError):
     """A keyword argument out of range: `name` is the argument (top_p), `message` what is wrong with its value.
@@ -40,7 +42,7 @@ class GPT2Config:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         eps = self.layer_norm_epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        if not is_real(eps) or not math.isfinite(eps) or eps <= 0:
             raise ValueError(f"GPT2Config.layer_norm_epsilon must be a positive finite number, got {eps!r}")
         object.__setattr__(self, "layer_norm_epsilon", float(eps))  # 1 in a JSON file means 1.0
 

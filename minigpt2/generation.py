@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from .checks import is_whole
 from .config import ArgumentError
 from .machine import physical_memory
 from .model import KVCache, check_ids, gpt2
@@ -72,14 +73,14 @@ def check_generation_args(max_new_tokens: int, *, temperature: float = 1.0, top_
                           seed: int | None = None, num_samples: int | None = None) -> None:
     """Raise ArgumentError (a ValueError) naming the first argument of `stream` that is out of range."""
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    if not is_whole(max_new_tokens) or max_new_tokens < 0:
         raise ArgumentError("max_new_tokens", f"must be >= 0 (a whole number), got {max_new_tokens!r}")
     if max_new_tokens > MAX_NEW_TOKENS:
         raise ArgumentError("max_new_tokens", f"must be at most {MAX_NEW_TOKENS:,} (days of decoding for GPT-2 "
                                               f"124M on a CPU), got {max_new_tokens:,}")
     if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
         raise ArgumentError("num_samples", f"must be a positive integer or None, got {num_samples!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+    if seed is not None and (not is_whole(seed) or seed < 0):
         raise ArgumentError("seed", f"must be a non-negative integer or None, got {seed!r}")
 
 

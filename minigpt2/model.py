@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from . import fast
+from .checks import is_whole
 from .config import GPT2Config
 from .ops import cross_entropy, dropout, gelu, layer_norm, linear, softmax
 from .params import Params
@@ -262,7 +263,7 @@ def check_cache(cache: KVCache, config: GPT2Config) -> None:
     if cache.k.shape != shape or cache.v.shape != shape:
         raise ValueError(f"the cache holds keys of shape {cache.k.shape}, but this model needs {shape}: it was made "
                          "for another model; make one with model.new_cache()")
-    if isinstance(cache.length, bool) or not isinstance(cache.length, (int, np.integer)) \
+    if not is_whole(cache.length) \
             or not 0 <= cache.length <= config.n_ctx:
         raise ValueError(f"the cache's length is {cache.length!r}, outside [0, n_ctx = {config.n_ctx}]")
 

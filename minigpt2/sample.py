@@ -12,6 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .checks import is_whole, is_real
 from .config import ArgumentError
 from .ops import softmax
 
@@ -97,12 +98,12 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
                         repetition_penalty: float | None = None) -> None:
     """Raise ArgumentError (a ValueError) naming the argument that is out of range or not a number."""
     for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))):
+        if v is not None and (not is_real(v)):
             raise ArgumentError(name, f"must be a number, got {v!r}")
     if not 0 <= temperature < math.inf:  # also catches NaN
         raise ArgumentError("temperature", f"must be a finite number >= 0 (0 = greedy; large values approach "
                                            f"uniform sampling), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and (not is_whole(top_k) or top_k < 1):
         raise ArgumentError("top_k", f"must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ArgumentError("top_p", f"must be in (0, 1], got {top_p}")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .checks import is_whole
 from .config import GPT2Config
 from .files import read_utf8
 from .model import lm_loss, transformer
@@ -144,7 +145,7 @@ def parse_row(line: str, n: int, where: str) -> TaskRow:
                 raise TaskFileError(f"{where}: choice {i} is a {json_type(c)}, expected a string")
             if not c:
                 raise TaskFileError(f"{where}: choice {i} is empty")
-        if isinstance(answer, bool) or not isinstance(answer, int):
+        if not is_whole(answer):
             raise TaskFileError(f"{where}: \"answer\" is a {json_type(answer)}, expected the index of a choice")
         if not 0 <= answer < len(choices):
             raise TaskFileError(f"{where}: \"answer\" {answer} is out of range for {len(choices)} choices "

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from ..checks import is_whole
 from ..config import ArgumentError
 from ..files import read_utf8
 from ..model import KVCache, gpt2, lm_loss, transformer
@@ -146,17 +147,17 @@ def evaluate(model, ids=None, *, text: str | None = None, tokenizer: Tokenizer |
 def check_windows(context: int | None, stride: int | None, n_ctx: int) -> tuple[int, int]:
     """(context, stride) with their defaults filled in (n_ctx, context // 2); ArgumentError if out of range."""
     context = n_ctx if context is None else context
-    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= n_ctx:
+    if not is_whole(context) or not 1 <= context <= n_ctx:
         raise ArgumentError("context", f"{context!r} must be in [1, the model's n_ctx = {n_ctx}]")
     stride = context // 2 if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= context:
+    if not is_whole(stride) or not 1 <= stride <= context:
         raise ArgumentError("stride", f"{stride!r} must be in [1, context = {context}]")
     return context, stride
 
 
 def check_batch_size(batch_size: int) -> None:
     """ArgumentError unless batch_size is a positive integer."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise ArgumentError("batch_size", f"must be a positive integer, got {batch_size!r}")
 
 

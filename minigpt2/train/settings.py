@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checks import is_whole
+
 class TrainingError(ValueError):
     """Bad settings or data for a run; the message names the flag or the file."""
 
@@ -69,7 +71,7 @@ class TrainConfig:
             positive += ["n_layer", "n_head", "n_embd"]
         for name in positive:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if not is_whole(v) or v <= 0:
                 raise TrainingError(f"--{flag(name)} must be a positive integer, got {v!r}")
         for name in ("lr", "min_lr"):
             v = getattr(self, name)
@@ -83,15 +85,15 @@ class TrainConfig:
                 raise TrainingError(f"--{flag(name)} must be a number >= 0, got {v!r}")
         for name in ("sample_every",):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if not is_whole(v) or v < 0:
                 raise TrainingError(f"--{flag(name)} must be a non-negative integer, got {v!r}")
         for name in ("sample_tokens",) + (("threads",) if self.threads is not None else ()):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if not is_whole(v) or v <= 0:
                 raise TrainingError(f"--{flag(name)} must be a positive integer, got {v!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise TrainingError(f"--dropout must be a probability in [0, 1), got {self.dropout!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if not is_whole(self.seed) or self.seed < 0:
             raise TrainingError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.init == "scratch" and self.n_embd % self.n_head:
             raise TrainingError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
