@@ -10,6 +10,14 @@ from typing import BinaryIO, Callable
 CONVERTED_FILE = "minigpt2.safetensors"  # a model saved by minigpt2 (its vocabulary's files inside)
 
 
+def names_a_path(name_or_path: str | os.PathLike) -> bool:
+    """The one rule for "a model or vocabulary name, or a path?": a path if something is there or it holds a
+    directory separator ("my-run", "./124M", "runs/a"); else a name ("124M", "gpt2-xl", "tiny"), which a directory
+    of that name beside you overrides (it exists)."""
+    s = os.fspath(name_or_path)
+    return os.path.exists(s) or os.sep in s or (os.altsep is not None and os.altsep in s)
+
+
 def read_utf8(path: str | os.PathLike, what: str = "") -> str:
     """The text of the file at `path`. Errors name it (after `what`, e.g. "--data ") and, for bytes that are
     not UTF-8, the first bad byte, its offset and its line."""

@@ -37,7 +37,7 @@ class GPT2:
 
     @classmethod
     def init(cls, config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
-        """A new model with GPT-2's initialisation (see model.init_params)."""
+        """A new model with GPT-2's initialisation (see params.init_params)."""
         return cls(config, init_params(config, seed, std))
 
     @classmethod
@@ -96,7 +96,7 @@ class GPT2:
         """Continue the prompt `ids` [T] with up to `max_new_tokens` new ids (temperature=0: greedy).
 
         Returns the new ids as a list (without a final <|endoftext|>), or a list per sample when
-        `num_samples` is given (the samples run together as one batch). See minigpt2.generate.
+        `num_samples` is given (the samples run together as one batch). See minigpt2.generation.
         """
         return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed, stop_at_eot=stop_at_eot,

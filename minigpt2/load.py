@@ -21,7 +21,7 @@ import numpy as np
 from .bundled import bundled_dir
 from .config import GPT2Config, canonical_name
 from .download import MODEL_FILES, cache_dir, download_openai_files
-from .files import CONVERTED_FILE
+from .files import CONVERTED_FILE, names_a_path
 from .params import (
     Params,
     iter_param_shapes,
@@ -282,7 +282,7 @@ def load_model(name_or_path: str | os.PathLike, progress: bool = True, verify_cr
     if path.exists():
         raise NotADirectoryError(f"{path} is a file; a model is a directory (OpenAI's, Hugging Face's or "
                                  "minigpt2's files), or a name such as 124M or tiny")
-    if os.sep in str(name_or_path):
+    if names_a_path(name_or_path):
         raise FileNotFoundError(f"model directory not found: {path}")
     bundled = bundled_dir(str(name_or_path))
     if bundled is not None:  # shipped inside the package: never downloaded

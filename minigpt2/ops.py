@@ -123,6 +123,12 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.nd
     return dx, dw, db
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log P over the last axis, stable: x - max - log(sum(exp(x - max))). [..., V] -> [..., V]."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # [..., V]
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row negative log-likelihood of the targets: logits [N, V], targets [N] -> (nll [N], probs [N, V]).
 

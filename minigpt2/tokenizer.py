@@ -27,7 +27,7 @@ import regex
 from .bpe_train import learn_merges, merge_pair
 from .bundled import bundled_dir
 from .explain import EXPLAIN_STEPS_UP_TO, Explanation, PieceTrace
-from .files import CONVERTED_FILE, read_utf8, write_atomically
+from .files import CONVERTED_FILE, names_a_path, read_utf8, write_atomically
 from .safetensors import read_metadata
 from .tokenizer_fast import bpe, pretokenize, safe_cut_after
 from .vocab import (
@@ -170,7 +170,7 @@ class Tokenizer:
         bundled model's, 1,024 ids)."""
         if os.path.isdir(name_or_path):
             return cls.from_dir(name_or_path)
-        if os.sep in os.fspath(name_or_path) or os.path.exists(name_or_path):
+        if names_a_path(name_or_path):
             raise FileNotFoundError(f"{os.fspath(name_or_path)} is not a directory with a GPT-2 vocabulary")
         bundled = bundled_dir(os.fspath(name_or_path))
         if bundled is not None:

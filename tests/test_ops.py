@@ -41,3 +41,12 @@ def test_linear_folds_leading_axes_and_keeps_weights_out_by_in():
     np.testing.assert_allclose(linear(x, w), np.einsum("btc,oc->bto", x, w), rtol=1e-5)
 
 
+
+
+def test_log_softmax_is_the_log_of_softmax_and_stays_finite():
+    from minigpt2.ops import log_softmax, softmax
+
+    x = np.random.default_rng(0).standard_normal((4, 7)) * 30
+    np.testing.assert_allclose(log_softmax(x), np.log(softmax(x)), atol=1e-12)
+    np.testing.assert_allclose(np.exp(log_softmax(x)).sum(-1), 1, atol=1e-12)
+    assert np.isfinite(log_softmax(np.array([[1e4, 0.0, -1e4]]))).all(), "no overflow, no -inf"

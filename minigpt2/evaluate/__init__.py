@@ -45,7 +45,7 @@ from ..checks import is_whole
 from ..config import ArgumentError
 from ..files import read_utf8
 from ..model import KVCache, gpt2, lm_loss, transformer
-from ..ops import linear
+from ..ops import linear, log_softmax
 from ..tasks import (
     TaskFileError,
     TaskRow,
@@ -173,12 +173,6 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
 
 
 # --- task files: log-likelihoods of continuations, choices, exact match ------------------------------
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log P over the last axis, stable: x - max - log(sum(exp(x - max))). [..., V] -> [..., V]."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # [..., V]
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def continuation_logprobs(model, requests: list[tuple[list[int], list[list[int]]]], batch_size: int = 8,

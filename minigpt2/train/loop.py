@@ -27,6 +27,7 @@ from ..config import GPT2Config
 from ..distributed import World
 from ..distributed import world as distributed_world
 from ..download import DownloadError
+from ..files import names_a_path
 from ..gpt2 import GPT2
 from ..load import load_converted, load_model
 from ..machine import cores, physical_memory
@@ -216,8 +217,7 @@ def starting_model(cfg: TrainConfig, progress: bool, world: World | None = None,
                             n_layer=cfg.n_layer)
         check_memory(cfg, config, world)
         return cfg, config, init_params(config, cfg.seed), tok
-    init_is_dir = os.path.isdir(cfg.init)
-    if not init_is_dir and (os.sep in cfg.init or os.path.exists(cfg.init)):
+    if not os.path.isdir(cfg.init) and names_a_path(cfg.init):
         raise TrainingError(f"--init {cfg.init} is not found (give a model directory, a size such as 124M, "
                             "or scratch)")
     try:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checks import is_whole
+from ..files import names_a_path
 
 class TrainingError(ValueError):
     """Bad settings or data for a run; the message names the flag or the file."""
@@ -155,6 +156,6 @@ def absolute(setting: str, value):
     compares equal however the path was spelled); a name (124M, tiny, scratch), None or any other value as it is."""
     if not isinstance(value, str) or setting not in PATHS + PATHS_OR_NAMES:
         return value
-    if setting in PATHS_OR_NAMES and not os.path.exists(value) and os.sep not in value:
+    if setting in PATHS_OR_NAMES and not names_a_path(value):
         return value
     return os.path.abspath(value)
