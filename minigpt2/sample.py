@@ -1,4 +1,5 @@
-"""logits [..., V] -> next ids [...]: greedy, temperature, top-k, top-p, repetition penalty.
+"""logits [..., V] -> next ids [...]: greedy, temperature, top-k, top-p, min-p, typical, repetition penalty,
+n-gram blocking, a minimum length.
 
 Order as in OpenAI's sample.py: repetition penalty -> temperature -> top-k -> top-p -> draw. Filters set the
 logits of excluded tokens to -inf, so the draw's softmax gives them probability 0. All randomness comes from
@@ -14,7 +15,7 @@ import numpy as np
 
 from .checks import is_whole, is_real
 from .config import ArgumentError
-from .ops import softmax
+from .ops import log_softmax, softmax
 
 
 def greedy(logits: np.ndarray) -> np.ndarray:
@@ -58,6 +59,58 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(keep, logits, -np.inf)
 
 
+def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Min-p: keep the tokens at least `min_p` times as likely as the most likely one (Nguyen et al. 2024;
+    transformers' MinPLogitsWarper). The threshold scales with the model's confidence: a sure step keeps few
+    tokens, an open one many. logits [..., V] -> [..., V], the others -inf; the most likely token always stays."""
+    probs = softmax(logits)  # [..., V], in the logits' dtype
+    return np.where(probs < min_p * probs.max(axis=-1, keepdims=True), -np.inf, logits)
+
+
+def typical_filter(logits: np.ndarray, mass: float) -> np.ndarray:
+    """Locally typical sampling (Meister et al. 2022; transformers' TypicalLogitsWarper): rank tokens by how far
+    their surprise -log p is from the distribution's entropy H (the expected surprise), closest first, and keep
+    the fewest of them whose probability adds up to at least `mass` (the one that crosses it too). Tokens far
+    more predictable than usual go as well as implausible ones. logits [..., V] -> [..., V]."""
+    logp = log_softmax(logits)  # [..., V]
+    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):  # 0 * -inf at tokens already filtered: NaN, which nansum leaves out
+        entropy = -np.nansum(logp * p, axis=-1, keepdims=True)  # [..., 1]
+    distance = np.abs(-logp - entropy)  # [..., V]
+    order = np.argsort(distance, axis=-1, kind="stable")  # [..., V]: most typical first
+    cumulative = np.cumsum(np.take_along_axis(p, order, axis=-1), axis=-1)  # [..., V]
+    last = np.minimum((cumulative < mass).sum(axis=-1, keepdims=True), logits.shape[-1] - 1)  # [..., 1]
+    limit = np.take_along_axis(np.take_along_axis(distance, order, axis=-1), last, axis=-1)  # [..., 1]
+    keep = distance <= limit
+    np.put_along_axis(keep, order[..., :1], True, axis=-1)  # the most typical token always stays
+    return np.where(keep, logits, -np.inf)
+
+
+def no_repeat_ngram_filter(logits: np.ndarray, previous: np.ndarray, n: int) -> np.ndarray:
+    """Forbid any token that would repeat an n-gram already in the row (transformers'
+    NoRepeatNGramLogitsProcessor): with the last n - 1 ids as a prefix, every token that followed that prefix
+    earlier is set to -inf. logits [B, V], previous [B, t] (prompt and new ids so far) -> [B, V]."""
+    out = logits.copy()
+    if n < 1 or previous.shape[-1] + 1 < n:
+        return out
+    for b, row in enumerate(previous.tolist()):
+        prefix = tuple(row[len(row) - n + 1 :]) if n > 1 else ()
+        banned = {row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i : i + n - 1]) == prefix}
+        out[b, list(banned)] = -np.inf
+    return out
+
+
+def min_new_tokens_filter(logits: np.ndarray, new_tokens: int, min_new_tokens: int, eot_id: int | None,
+                          ) -> np.ndarray:
+    """No end of text before `min_new_tokens` new tokens (transformers' MinNewTokensLengthLogitsProcessor):
+    the <|endoftext|> logit is -inf while fewer have been made. logits [..., V] -> [..., V]."""
+    if eot_id is None or new_tokens >= min_new_tokens:
+        return logits
+    out = logits.copy()
+    out[..., eot_id] = -np.inf
+    return out
+
+
 def apply_repetition_penalty(logits: np.ndarray, previous: Iterable[int], penalty: float) -> np.ndarray:
     """CTRL's penalty on one row of logits [V]: for tokens already present, divide positive logits by
     `penalty` and multiply negative ones (both make the token less likely for penalty > 1)."""
@@ -92,6 +145,39 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
     if top_p is not None and top_p < 1.0:
         logits = top_p_filter(logits, top_p)
     return draw(logits, rng)
+
+
+def process_logits(logits: np.ndarray, previous: np.ndarray, *, repetition_penalty: float | None = None,
+                   no_repeat_ngram_size: int | None = None, min_new_tokens: int = 0, new_tokens: int = 0,
+                   eot_id: int | None = None, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, min_p: float | None = None, typical_p: float | None = None,
+                   ) -> np.ndarray:
+    """Every setting applied to the next token's logits [B, V], given the ids so far [B, t], in transformers'
+    order: repetition penalty, n-gram block, minimum new tokens (the processors), then temperature, top-k,
+    top-p, min-p, typical (the warpers). A filter sets what it excludes to -inf; nothing is renormalised (the
+    draw's softmax does that). temperature=0 skips the warpers: greedy takes the argmax of what is left.
+
+    subtle: the temperature here divides the logits as transformers does, with no shift by the maximum, so
+    that the processed logits equal its processors'; `apply_temperature` (used by `sample`) shifts first."""
+    out = logits
+    if repetition_penalty not in (None, 1.0):
+        out = np.stack([apply_repetition_penalty(row, ids, repetition_penalty) for row, ids in zip(out, previous)])
+    if no_repeat_ngram_size:
+        out = no_repeat_ngram_filter(out, previous, no_repeat_ngram_size)
+    out = min_new_tokens_filter(out, new_tokens, min_new_tokens, eot_id)
+    if temperature == 0:
+        return out
+    if temperature != 1.0:
+        out = (out / np.float32(temperature)).astype(logits.dtype)
+    if top_k:
+        out = top_k_filter(out, top_k)
+    if top_p is not None and top_p < 1.0:
+        out = top_p_filter(out, top_p)
+    if min_p:
+        out = min_p_filter(out, min_p)
+    if typical_p is not None and typical_p < 1.0:
+        out = typical_filter(out, typical_p)
+    return out
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
