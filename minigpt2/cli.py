@@ -157,6 +157,14 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass >= p, "
                    "in (0, 1] (default: off)")
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
+    p.add_argument("--min-p", type=float, default=None, help="keep tokens at least this share of the most likely "
+                   "one's probability, in [0, 1] (default: off)")
+    p.add_argument("--typical-p", type=float, default=None, help="locally typical sampling: the mass of the most "
+                   "typical tokens kept, in (0, 1] (default: off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat an n-gram of this size "
+                   "(prompt included) (default: off)")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="no <|endoftext|> before this many new tokens "
+                   "(default 0)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples")
     p.add_argument("--num-samples", type=int, default=1, help="independent continuations (default 1)")
     p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
@@ -176,7 +184,8 @@ def generate_main(argv: list[str] | None = None) -> int:
     try:  # the library's own checks, before the model loads
         check_generation_args(args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                              num_samples=args.num_samples)
+                              num_samples=args.num_samples, min_p=args.min_p, typical_p=args.typical_p,
+                              no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens)
     except ArgumentError as e:
         return fail("minigpt2-generate", e)
     # never a UnicodeEncodeError on a console that is not UTF-8: unprintable characters become "?"
@@ -194,7 +203,8 @@ def generate_main(argv: list[str] | None = None) -> int:
         return fail("minigpt2-generate", e)
     options = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
                    repetition_penalty=args.repetition_penalty, seed=args.seed, stop_at_eot=not args.no_stop,
-                   eot_id=eot_id)
+                   eot_id=eot_id, min_p=args.min_p, typical_p=args.typical_p,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens)
     try:
         print_continuations(model, tok, ids, args, options)
     except ArgumentError as e:  # checks that need the model (the memory a batch of samples takes)

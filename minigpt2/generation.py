@@ -22,7 +22,7 @@ from .checks import is_whole
 from .config import ArgumentError
 from .machine import physical_memory
 from .model import KVCache, check_ids, gpt2
-from .sample import apply_repetition_penalty, check_sampling_args, sample
+from .sample import check_sampling_args, process_logits, sample
 from .vocab import EOT_ID
 
 MAX_NEW_TOKENS = 1_000_000  # a request beyond this is a typo, not a plan: refused
@@ -37,16 +37,21 @@ def default_eot_id(model) -> int | None:
 def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
            stop_at_eot: bool = True, num_samples: int | None = None, eot_id: int | None = None,
-           ) -> Iterator[np.ndarray]:
+           min_p: float | None = None, typical_p: float | None = None, no_repeat_ngram_size: int | None = None,
+           min_new_tokens: int = 0) -> Iterator[np.ndarray]:
     """Yield new ids as they are made: an int array [] (one sample) or [num_samples] per step.
 
     `model` is a GPT2 (anything with .config and .params). Stops after `max_new_tokens` steps, or when every
     sample has produced the end-of-text id `eot_id` (default GPT-2's 50256) if `stop_at_eot`; a sample that
-    has finished keeps yielding it.
+    has finished keeps yielding it. The settings act in transformers' order (sample.process_logits):
+    repetition penalty, `no_repeat_ngram_size` (no n-gram of the prompt and the new ids twice),
+    `min_new_tokens` (no end of text before that many), temperature, top-k, top-p, `min_p`, `typical_p`.
     """
     # every check happens here, so that bad arguments fail at the call rather than at the first step
     check_generation_args(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          repetition_penalty=repetition_penalty, seed=seed, num_samples=num_samples)
+                          repetition_penalty=repetition_penalty, seed=seed, num_samples=num_samples, min_p=min_p,
+                          typical_p=typical_p, no_repeat_ngram_size=no_repeat_ngram_size,
+                          min_new_tokens=min_new_tokens)
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"generate() takes token ids, not text; encode the text first: "
                         f"model.generate(tok.encode({ids!r}), {max_new_tokens})")
@@ -63,16 +68,23 @@ def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: 
     if eot_id is not None and not 0 <= eot_id < model.config.n_vocab:
         raise ValueError(f"eot_id {eot_id} is outside the vocabulary [0, {model.config.n_vocab})")
     check_memory(model.config, num_samples or 1, min(prompt.size + max_new_tokens, model.config.n_ctx))
-    return _steps(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                  np.random.default_rng(seed), stop_at_eot and eot_id is not None, num_samples,
-                  -1 if eot_id is None else eot_id)
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                    min_new_tokens=min_new_tokens)
+    return _steps(model, prompt, max_new_tokens, settings, np.random.default_rng(seed),
+                  stop_at_eot and eot_id is not None, num_samples, -1 if eot_id is None else eot_id)
 
 
 def check_generation_args(max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                           top_p: float | None = None, repetition_penalty: float | None = None,
-                          seed: int | None = None, num_samples: int | None = None) -> None:
+                          seed: int | None = None, num_samples: int | None = None, min_p: float | None = None,
+                          typical_p: float | None = None, no_repeat_ngram_size: int | None = None,
+                          min_new_tokens: int = 0) -> None:
     """Raise ArgumentError (a ValueError) naming the first argument of `stream` that is out of range."""
-    check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty, min_p=min_p, typical_p=typical_p)
+    for name, v in (("no_repeat_ngram_size", no_repeat_ngram_size or 0), ("min_new_tokens", min_new_tokens)):
+        if not is_whole(v) or v < 0:
+            raise ArgumentError(name, f"must be a whole number >= 0, got {v!r}")
     if not is_whole(max_new_tokens) or max_new_tokens < 0:
         raise ArgumentError("max_new_tokens", f"must be >= 0 (a whole number), got {max_new_tokens!r}")
     if max_new_tokens > MAX_NEW_TOKENS:
@@ -107,9 +119,8 @@ def check_memory(config, batch: int, length: int) -> None:
                                            f"GB; at most {max(1, total // per):,} fit")
 
 
-def _steps(model, prompt: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,
-           top_p: float | None, repetition_penalty: float | None, rng: np.random.Generator, stop_at_eot: bool,
-           num_samples: int | None, eot_id: int) -> Iterator[np.ndarray]:
+def _steps(model, prompt: np.ndarray, max_new_tokens: int, settings: dict, rng: np.random.Generator,
+           stop_at_eot: bool, num_samples: int | None, eot_id: int) -> Iterator[np.ndarray]:
     """The loop itself (see `stream`)."""
     n_ctx = model.config.n_ctx
     batch = num_samples or 1
@@ -117,10 +128,13 @@ def _steps(model, prompt: np.ndarray, max_new_tokens: int, temperature: float, t
     done = np.zeros(batch, dtype=bool)
     cache, logits = prefill(model, context)  # logits [B, V]
     for step in range(max_new_tokens):
-        if repetition_penalty not in (None, 1.0):
-            logits = np.stack([apply_repetition_penalty(row, ctx, repetition_penalty)
-                               for row, ctx in zip(logits, context)])
-        next_ids = sample(logits, rng, temperature, top_k, top_p)  # [B]
+        logits = process_logits(logits, context, repetition_penalty=settings["repetition_penalty"],
+                                no_repeat_ngram_size=settings["no_repeat_ngram_size"],
+                                min_new_tokens=settings["min_new_tokens"], new_tokens=step,
+                                eot_id=eot_id if eot_id >= 0 else None,
+                                temperature=0)  # the processors; `sample` applies the warpers and draws
+        next_ids = sample(logits, rng, settings["temperature"], settings["top_k"], settings["top_p"],
+                          settings["min_p"], settings["typical_p"])  # [B]
         next_ids = np.where(done, eot_id, next_ids)
         done |= stop_at_eot & (next_ids == eot_id)
         yield next_ids if num_samples else next_ids[0]

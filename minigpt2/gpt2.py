@@ -92,15 +92,19 @@ class GPT2:
     def generate(self, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
                  stop_at_eot: bool = True, num_samples: int | None = None, progress: bool = False,
-                 eot_id: int | None = None):
+                 eot_id: int | None = None, min_p: float | None = None, typical_p: float | None = None,
+                 no_repeat_ngram_size: int | None = None, min_new_tokens: int = 0):
         """Continue the prompt `ids` [T] with up to `max_new_tokens` new ids (temperature=0: greedy).
 
         Returns the new ids as a list (without a final <|endoftext|>), or a list per sample when
-        `num_samples` is given (the samples run together as one batch). See minigpt2.generation.
+        `num_samples` is given (the samples run together as one batch). The settings act in transformers'
+        order (see minigpt2.generation.stream and sample.process_logits).
         """
         return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed, stop_at_eot=stop_at_eot,
-                        num_samples=num_samples, progress=progress, eot_id=eot_id)
+                        num_samples=num_samples, progress=progress, eot_id=eot_id, min_p=min_p,
+                        typical_p=typical_p, no_repeat_ngram_size=no_repeat_ngram_size,
+                        min_new_tokens=min_new_tokens)
 
     def stream(self, ids, max_new_tokens: int, **kwargs):
         """Like `generate`, but yields each new id as soon as it is made (a list of ids per step with

@@ -134,9 +134,11 @@ def draw(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None) -> np.ndarray:
-    """Next ids from logits [..., V] -> [...]. temperature=0 means greedy (no randomness used)."""
-    check_sampling_args(temperature, top_k, top_p)
+           top_p: float | None = None, min_p: float | None = None, typical_p: float | None = None) -> np.ndarray:
+    """Next ids from logits [..., V] -> [...]: temperature, top-k, top-p, min-p, typical, then a draw
+    (`process_logits`'s warpers, with the temperature shifted first so that a tiny one cannot overflow; the
+    filters depend only on the probabilities, so they keep the same tokens). temperature=0 means greedy."""
+    check_sampling_args(temperature, top_k, top_p, min_p=min_p, typical_p=typical_p)
     if temperature == 0:
         return greedy(logits)
     logits = apply_temperature(logits, temperature)
@@ -144,6 +146,10 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
         logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1.0:
         logits = top_p_filter(logits, top_p)
+    if min_p:
+        logits = min_p_filter(logits, min_p)
+    if typical_p is not None and typical_p < 1.0:
+        logits = typical_filter(logits, typical_p)
     return draw(logits, rng)
 
 
@@ -181,9 +187,11 @@ def process_logits(logits: np.ndarray, previous: np.ndarray, *, repetition_penal
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
-                        repetition_penalty: float | None = None) -> None:
+                        repetition_penalty: float | None = None, min_p: float | None = None,
+                        typical_p: float | None = None) -> None:
     """Raise ArgumentError (a ValueError) naming the argument that is out of range or not a number."""
-    for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)):
+    for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty),
+                    ("min_p", min_p), ("typical_p", typical_p)):
         if v is not None and (not is_real(v)):
             raise ArgumentError(name, f"must be a number, got {v!r}")
     if not 0 <= temperature < math.inf:  # also catches NaN
@@ -193,5 +201,9 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
         raise ArgumentError("top_k", f"must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ArgumentError("top_p", f"must be in (0, 1], got {top_p}")
+    if min_p is not None and not 0 <= min_p <= 1:
+        raise ArgumentError("min_p", f"must be in [0, 1] (a share of the most likely token's probability), got {min_p}")
+    if typical_p is not None and not 0 < typical_p <= 1:
+        raise ArgumentError("typical_p", f"must be in (0, 1], got {typical_p}")
     if repetition_penalty is not None and not 0 < repetition_penalty < math.inf:
         raise ArgumentError("repetition_penalty", f"must be a finite number > 0 (1 = none), got {repetition_penalty}")

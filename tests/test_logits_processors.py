@@ -118,3 +118,42 @@ def test_every_setting_together_in_transformers_order(settings):
         logits, previous = logits_and_ids(seed)
         ours = process_logits(logits, previous, new_tokens=previous.shape[1] - 10, eot_id=3, **s)
         same(ours, hf(chain, logits, previous))
+
+
+# --- through generation: greedy with the processors, token for token against transformers ---------------
+
+
+@pytest.fixture(scope="module")
+def peaked():
+    """A small random GPT-2 whose weights are large enough that greedy choices are not ties, and that repeats
+    itself (so the n-gram block has work to do)."""
+    from minigpt2 import GPT2, GPT2Config
+
+    return GPT2.init(GPT2Config(n_vocab=64, n_ctx=64, n_embd=32, n_head=4, n_layer=2), seed=3, std=0.3)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("settings", [dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=3),
+                                      dict(min_new_tokens=12), dict(repetition_penalty=1.5, no_repeat_ngram_size=2)])
+def test_greedy_with_processors_gives_transformers_tokens(peaked, settings):
+    torch = require("torch")
+    from .reference import hf_model
+
+    hf = hf_model(peaked)
+    eot = 5  # a stand-in end of text, for min_new_tokens
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        prompt = rng.integers(0, 64, size=int(rng.integers(2, 9))).tolist()
+        ours = peaked.generate(prompt, 24, temperature=0, eot_id=eot, **settings)  # ends before an end of text
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=24, do_sample=False, eos_token_id=eot, pad_token_id=0,
+                                 **settings)[0, len(prompt):].tolist()
+        theirs = theirs[: theirs.index(eot)] if eot in theirs else theirs
+        assert ours == theirs, (prompt, ours, theirs)
+        if "min_new_tokens" in settings:
+            assert len(ours) >= min(24, settings["min_new_tokens"])
+        if "no_repeat_ngram_size" in settings:
+            n, row = settings["no_repeat_ngram_size"], prompt + ours
+            grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+            assert len(grams) == len(set(grams)), "no n-gram twice"
