@@ -180,7 +180,6 @@ def generate_main(argv: list[str] | None = None) -> int:
     refused = one_process_only(parser.prog)
     if refused is not None:
         return refused
-    err = sys.stderr
     try:  # the library's own checks, before the model loads
         check_generation_args(args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
@@ -209,9 +208,6 @@ def generate_main(argv: list[str] | None = None) -> int:
         print_continuations(model, tok, ids, args, options)
     except ArgumentError as e:  # checks that need the model (the memory a batch of samples takes)
         return fail("minigpt2-generate", e)
-    except KeyboardInterrupt:  # Ctrl-C: stop quietly, as a shell tool does
-        print(file=err)
-        return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing more to say
         # subtle: point stdout at /dev/null, or Python's final flush at exit fails again and prints an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -365,7 +361,7 @@ def launch_ranks(ranks: int, argv: list[str], out: str, parser: argparse.Argumen
     process, outside the job, then says which checkpoint survives and how to resume. A signal to this process
     is passed on to mpiexec once (mpiexec runs in a session of its own, so a terminal's Ctrl-C reaches the ranks
     once, not twice: a second signal would stop them at once)."""
-    if isinstance(ranks, bool) or ranks < 1:
+    if ranks < 1:
         parser.error(f"--ranks must be a positive integer, got {ranks}")
     if launched_size() > 1:
         parser.error("--ranks starts mpiexec itself; under mpiexec, leave it out")
@@ -456,8 +452,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default context // 2)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="one JSON object per file: file, tokens, nll (per token), "
-                   "total_nll, perplexity, bits_per_byte, bytes, bits_per_char, chars; for a task file: file, examples, tokens, nll, "
-                   "perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
+                   "total_nll, perplexity, bits_per_byte, bytes, bits_per_char, chars; for a task file: file, "
+                   "examples, tokens, nll, perplexity, exact_match, or file, examples, accuracy, accuracy_norm")
     args = p.parse_args(argv)
     refused = one_process_only(p.prog)
     if refused is not None:
@@ -529,7 +525,8 @@ def export_main(argv: list[str] | None = None) -> int:
         except OSError as e:
             if not e.strerror:
                 raise
-            where = f" ({e.filename})" if e.filename and os.path.abspath(e.filename) != os.path.abspath(args.dest) else ""
+            elsewhere = e.filename and os.path.abspath(e.filename) != os.path.abspath(args.dest)
+            where = f" ({e.filename})" if elsewhere else ""
             raise OSError(f"DEST {args.dest}: cannot write the model there{where}: {e.strerror}") from None
     except OverwriteRefused as e:
         print(f"minigpt2-export: error: {e.reason}. Export into another directory, or pass --overwrite to "

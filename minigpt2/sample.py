@@ -141,7 +141,13 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
     check_sampling_args(temperature, top_k, top_p, min_p=min_p, typical_p=typical_p)
     if temperature == 0:
         return greedy(logits)
-    logits = apply_temperature(logits, temperature)
+    return draw(truncate(apply_temperature(logits, temperature), top_k, top_p, min_p, typical_p), rng)
+
+
+def truncate(logits: np.ndarray, top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             typical_p: float | None = None) -> np.ndarray:
+    """The filters that cut the tail after the temperature, in transformers' order: top-k, top-p, min-p,
+    typical (each off when not given). logits [..., V] -> [..., V], what they exclude -inf."""
     if top_k:
         logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1.0:
@@ -150,7 +156,7 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
         logits = min_p_filter(logits, min_p)
     if typical_p is not None and typical_p < 1.0:
         logits = typical_filter(logits, typical_p)
-    return draw(logits, rng)
+    return logits
 
 
 def process_logits(logits: np.ndarray, previous: np.ndarray, *, repetition_penalty: float | None = None,
@@ -175,15 +181,7 @@ def process_logits(logits: np.ndarray, previous: np.ndarray, *, repetition_penal
         return out
     if temperature != 1.0:
         out = (out / np.float32(temperature)).astype(logits.dtype)
-    if top_k:
-        out = top_k_filter(out, top_k)
-    if top_p is not None and top_p < 1.0:
-        out = top_p_filter(out, top_p)
-    if min_p:
-        out = min_p_filter(out, min_p)
-    if typical_p is not None and typical_p < 1.0:
-        out = typical_filter(out, typical_p)
-    return out
+    return truncate(out, top_k, top_p, min_p, typical_p)
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
