@@ -420,8 +420,8 @@ def train_run(cfg: TrainConfig, resume: bool, changes: dict | None, world: World
         return 2, e
     after = run_state(Path(cfg.out))
     if resume and after == before:
-        print(f"minigpt2-train: nothing to do: the run has {after} of {after} steps; pass --steps M (more than "
-              f"{after}) with --resume to extend it", file=err)
+        print(f"minigpt2-train: nothing to do: the run has {after} of {after} steps; pass --steps M to extend it "
+              f"(M above {after}, with --resume)", file=err)
         return 0, None
     print(f"trained {model}; saved in {cfg.out}", file=err)
     done = [r["summary"] for r in read_log_records(Path(cfg.out)) if "summary" in r] if world.is_main else []

@@ -578,8 +578,8 @@ def test_resume_on_a_finished_run_says_there_is_nothing_to_do(pattern_data, tmp_
     assert subprocess.run(cli(*run_args(pattern_data, out, steps=4)), capture_output=True, cwd=REPO).returncode == 0
     r = subprocess.run(cli("--out", str(out), "--resume"), capture_output=True, cwd=REPO)
     assert r.returncode == 0
-    assert one_line(r, code=0) == ("minigpt2-train: nothing to do: the run has 4 of 4 steps; pass --steps M (more "
-                                   "than 4) with --resume to extend it")
+    assert one_line(r, code=0) == ("minigpt2-train: nothing to do: the run has 4 of 4 steps; pass --steps M to extend "
+                                   "it (M above 4, with --resume)")
 
 
 def test_the_summary_gives_this_invocation_s_time_and_the_whole_run_s(pattern_data, tmp_path):
