@@ -312,7 +312,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=d.prompt, help="what the samples continue (default: from <|endoftext|>)")
     p.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens per sample (default 48)")
     p.add_argument("--threads", type=int, default=None, help="threads for NumPy's matrix products (default 1 for "
-                   "n_embd <= 256, where sharing a product costs more than it gives, else every core)")
+                   "n_embd <= 256, where sharing a product costs more than it gives, else every core; more than the cores is "
+                   "said and capped)")
     p.add_argument("--ranks", type=int, default=None, help="train data-parallel over this many MPI processes on "
                    "this machine: runs mpiexec -n RANKS for you and, if a rank dies, says which checkpoint survives "
                    "and how to resume (pip install 'minigpt2[mpi]')")
