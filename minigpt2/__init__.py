@@ -3,8 +3,9 @@
     text -> Tokenizer -> ids -> GPT2 -> logits -> sampler -> ids -> Tokenizer -> text
 """
 
+from . import fast  # noqa: F401  (registers the tuned forms: dispatch.py)
 from .config import GPT2Config
-from .fast import reference_mode
+from .dispatch import reference_mode
 from .gpt2 import GPT2
 from .model import KVCache
 from .tokenizer import Tokenizer

@@ -15,8 +15,8 @@ The forward is model.transformer itself: its `record` hook keeps, by name, the a
 reads (SAVED). Kept per token and layer: the block's input and midpoint, both layer norms' outputs, q, k,
 v and z, and the MLP's input and output of GELU: 16 C floats, 48 KB at the 124M shape (C = 768), 590 KB per
 token for all 12 layers. Not kept: attention patterns ([H, T, T] per layer), recomputed from q and k; logits
-([T, V], 201 KB per token at V = 50257), made in the head, whose backward runs right away. Where a tuned form
-(fast.py, tested equal) runs instead of the textbook one, the code says so at that line.
+([T, V], 201 KB per token at V = 50257), made in the head, whose backward runs right away. `@tunable` marks
+the functions with a tuned form in fast.py (the same numbers, faster; see dispatch.py).
 
 Legend as in model.py: T tokens, C n_embd, H n_head, D = C // H, V n_vocab, N rows that have a target.
 """
@@ -27,13 +27,12 @@ import math
 
 import numpy as np
 
-from . import fast
 from .config import GPT2Config
+from .dispatch import tunable
 from .model import (
     Dropout,
     attention_scores,
     causal_mask,
-    lm_loss,
     merge_heads,
     split_heads,
     transformer,
@@ -75,13 +74,12 @@ def check_targets(targets, ids: np.ndarray, n_vocab: int) -> np.ndarray:
     return targets
 
 
+@tunable
 def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
                      grad_scale: float = 1.0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Mean cross-entropy of the tied head's logits h @ wte.T: h [..., T, C], targets [..., T] ->
     (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `backward`. Only the N rows with a
     target go through the head. The gradients are those of grad_scale x loss (the seed of the backward)."""
-    if fast.enabled():
-        return fast.lm_head_and_loss(h, wte, targets, backward, grad_scale)  # chunks of rows, one logits buffer
     C = h.shape[-1]
     h2, t2 = h.reshape(-1, C), targets.reshape(-1)  # [B*T, C], [B*T]
     rows = np.flatnonzero(t2 >= 0)  # [N] positions that are scored
@@ -101,15 +99,13 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
 # --- attention ------------------------------------------------------------------------------------
 
 
+@tunable
 def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
                        mask: np.ndarray | None, drop: np.ndarray | None = None, p: float = 0.0,
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Through z = dropout(softmax(q k^T / sqrt(D), masked)) v: dz [..., H, T, D] -> (dq [..., H, T, D],
     dk, dv [..., H, S, D]). The pattern is recomputed from q and k rather than kept from the forward
     ([H, T, S] per layer). Masked positions have P = 0, so their scores get no gradient."""
-    if fast.enabled():  # the softmax's row sums from dz . z, in place (fast.py)
-        return fast.attention_backward(dz, q, k, v, z, mask, drop, p, attention_scores, softmax, dropout,
-                                       dropout_backward)
     pattern = softmax(attention_scores(q, k, mask))  # [..., H, T, S], as in the forward
     dropped = pattern if drop is None else dropout(pattern, drop, p)  # [..., H, T, S]: what multiplied v
     dv = dropped.swapaxes(-1, -2) @ dz  # [..., H, S, T] @ [..., H, T, D] -> [..., H, S, D]
@@ -130,10 +126,7 @@ def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer:
     dmerged, dw_proj, db_proj = linear_backward(dout, merge_heads(z), attn["c_proj"]["w"])  # [..., T, C]
     dz = split_heads(dmerged, n_head)  # [..., H, T, D]
     drop, p = (None, 0.0) if dropout is None else (dropout.keep[f"{name}.pattern"], dropout.p)  # [..., H, T, S]
-    if fast.enabled() and q.shape[-2] > fast.QUERY_BLOCK:  # by blocks of queries, as the fast forward
-        dq, dk, dv = fast.attention_in_blocks_backward(dz, q, k, v, z, mask, attention_backward, drop, p)
-    else:
-        dq, dk, dv = attention_backward(dz, q, k, v, z, mask, drop, p)  # [..., H, T, D] each
+    dq, dk, dv = attention_backward(dz, q, k, v, z, mask, drop, p)  # [..., H, T, D] each
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [..., T, 3C]
     dx, dw_attn, db_attn = linear_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"]["w"])  # [..., T, C]
     return dx, {"c_attn": {"w": dw_attn, "b": db_attn}, "c_proj": {"w": dw_proj, "b": db_proj}}
@@ -236,4 +229,4 @@ def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config:
 def loss(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> float:
     """The mean cross-entropy alone: the plain forward, nothing kept for a backward."""
     h = transformer(ids, params, config)  # [..., T, C]
-    return lm_loss(h, params["wte"], targets)
+    return lm_head_and_loss(h, params["wte"], targets, backward=False)[0]

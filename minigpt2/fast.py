@@ -1,46 +1,26 @@
 """The tuned forms: equations of ops, model, backward and optim rearranged for speed, each tested equal to the
 textbook form it replaces (tests/test_fast.py). A reader can skip this file.
 
-The library runs these by default. Each reference function says where it hands over (`if fast.enabled():`),
-and `with minigpt2.reference_mode():` runs the textbook forms everywhere, so that stepping through
-`model(ids)` or `loss_and_grads` in a debugger shows the code a learner reads. Measured gains and the hosts
-they were measured on are in docs/performance.md.
+Each function marked `@tunes(ops.gelu)` replaces that textbook function whenever it is called (dispatch.py,
+the one place the choice is made); `with minigpt2.reference_mode():` runs the textbook forms everywhere.
+This module imports the textbook modules, never the other way round; where a tuned form runs a textbook
+piece itself, it calls `f.textbook`. Measured gains and the hosts they were measured on are in
+docs/performance.md.
 
 What they do differently, in general: work on arrays larger than the CPU's cache a piece at a time (row
 chunks, slices), so that a formula's dozen passes do not each stream the whole array through memory; reuse
 buffers instead of making new arrays; skip work whose result is known (the masked half of causal attention).
-This module imports nothing of minigpt2's; where a tuned form runs a reference piece by piece, the piece is
-passed in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
-_enabled = True
-
-
-def enabled() -> bool:
-    """Whether the tuned forms run (the default), rather than the textbook ones."""
-    return _enabled
-
-
-@contextlib.contextmanager
-def reference_mode():
-    """Run the textbook forms of every equation inside this block (slower; the same numbers within float32
-    rounding). `with minigpt2.reference_mode(): logits = model(ids)`."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
-
+from . import backward, model, ops, optim
+from .dispatch import tunes
 
 # --- element-wise work in cache-sized row chunks ----------------------------------------------------
 
@@ -65,8 +45,9 @@ def one_plus_exp_minus_2u(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+@tunes(ops.gelu)
 def gelu(x: np.ndarray) -> np.ndarray:
-    """Replaces ops.gelu. 0.5 (1 + tanh(u)) = sigmoid(2u), so gelu(x) = x / (1 + exp(-2u)): exp is about twice
+    """ 0.5 (1 + tanh(u)) = sigmoid(2u), so gelu(x) = x / (1 + exp(-2u)): exp is about twice
     as fast as tanh in NumPy; one buffer, a row chunk at a time, instead of seven whole temporaries."""
     x2 = x.reshape(-1, x.shape[-1])  # [N, D]
     y = np.empty_like(x2)
@@ -77,8 +58,9 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return y.reshape(x.shape)
 
 
+@tunes(ops.gelu_backward)
 def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Replaces ops.gelu_backward. In the sigmoid form y = x sig(2u): dy/dx = sig (1 + (1 - sig) g) with
+    """In the sigmoid form y = x sig(2u): dy/dx = sig (1 + (1 - sig) g) with
     g = 2 x du/dx = 2 sqrt(2/pi) x (1 + 3 * 0.044715 x^2); a row chunk at a time."""
     s, a = math.sqrt(2.0 / math.pi), 0.044715
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])  # [N, D]
@@ -100,9 +82,10 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     return dx.reshape(x.shape)
 
 
+@tunes(ops.layer_norm_backward)
 def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float = 1e-5,
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replaces ops.layer_norm_backward: the same formula a row chunk at a time, dg and db summed chunk by
+    """The same formula a row chunk at a time, dg and db summed chunk by
     chunk in the gradient's dtype."""
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])  # [N, C]
     n = x2.shape[1]
@@ -129,8 +112,20 @@ FEW_ROWS = 8  # inputs of 2..FEW_ROWS rows (decoding a few samples at once) take
 WEIGHT_BLOCK = 4 << 20  # bytes of w that matmul_few_rows keeps in cache while every row uses them
 
 
+@tunes(ops.linear)
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x @ w.T + b with matmul_few_rows for inputs of 2..FEW_ROWS rows; the textbook form for any other."""
+    x2 = x.reshape(-1, x.shape[-1])  # [N, n_in]
+    if not 1 < len(x2) <= FEW_ROWS:
+        return ops.linear.textbook(x, w, b)
+    y = matmul_few_rows(x2, w)  # [N, n_out]
+    if b is not None:
+        y += b
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
 def matmul_few_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Replaces x @ w.T in ops.linear for 2..FEW_ROWS rows (x [N, n_in], w [n_out, n_in] -> [N, n_out]).
+    """x @ w.T for 2..FEW_ROWS rows (x [N, n_in], w [n_out, n_in] -> [N, n_out]).
 
     BLAS repacks w for such a skinny x on every call, which made 4 rows cost 3x one row. Instead, one
     matrix-vector product per row over a block of w's rows small enough to stay in cache: w streams from
@@ -150,24 +145,44 @@ def matmul_few_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 QUERY_BLOCK = 64  # queries per attention block: small enough to skip most of the masked half, big enough for BLAS
 
 
-def attention_in_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, attention: Callable,
+@tunes(model.attention)
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, record=model.keep,
+              name: str = "attn", drop: np.ndarray | None = None, p: float = 0.0) -> np.ndarray:
+    """Long inputs whose scores and patterns nobody records, in blocks of queries; anything else textbook."""
+    if q.shape[-2] <= QUERY_BLOCK or mask is None or model.records_patterns(record):
+        return model.attention.textbook(q, k, v, mask, record, name, drop, p)
+    return attention_in_blocks(q, k, v, mask, drop, p)  # the same z, skipping the masked half
+
+
+def attention_in_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
                         drop: np.ndarray | None = None, p: float = 0.0, block: int = QUERY_BLOCK) -> np.ndarray:
-    """Replaces model.attention for long inputs: `attention` (the reference) on QUERY_BLOCK queries at a
-    time, each block reading only the keys up to its own last position, so the masked upper triangle of the
-    scores is mostly never computed (for a long prompt nearly half the work and memory)."""
+    """The textbook attention on `block` queries at a time, each block reading only the keys up to its own
+    last position, so the masked upper triangle of the scores is mostly never computed (for a long prompt
+    nearly half the work and memory)."""
     T, S = q.shape[-2], k.shape[-2]
     z = np.empty(q.shape, dtype=q.dtype)  # [..., H, T, D]
     for i in range(0, T, block):
         j = min(i + block, T)
         end = S - T + j  # queries i..j-1 sit at positions up to end-1; later keys are all masked
         drop_ij = None if drop is None else drop[..., i:j, :end]
-        z[..., i:j, :] = attention(q[..., i:j, :], k[..., :end, :], v[..., :end, :], mask[i:j, :end], drop=drop_ij, p=p)
+        z[..., i:j, :] = model.attention.textbook(q[..., i:j, :], k[..., :end, :], v[..., :end, :], mask[i:j, :end],
+                                                  drop=drop_ij, p=p)
     return z
 
 
+@tunes(backward.attention_backward)
+def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
+                       mask: np.ndarray | None, drop: np.ndarray | None = None, p: float = 0.0,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Long inputs by blocks of queries (as the tuned forward), each block's softmax backward by row sums."""
+    if q.shape[-2] <= QUERY_BLOCK or mask is None:
+        return attention_backward_by_row_sums(dz, q, k, v, z, mask, drop, p)
+    return attention_in_blocks_backward(dz, q, k, v, z, mask, drop, p)
+
+
 def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
-                                 mask: np.ndarray, attention_backward: Callable, drop: np.ndarray | None = None,
-                                 p: float = 0.0, block: int = QUERY_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                                 mask: np.ndarray, drop: np.ndarray | None = None, p: float = 0.0,
+                                 block: int = QUERY_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`attention_in_blocks` mirrored: each block of queries sends gradient to the keys and values it read."""
     T, S = q.shape[-2], k.shape[-2]
     dq = np.empty_like(q)  # [..., H, T, D]
@@ -176,28 +191,27 @@ def attention_in_blocks_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v
         j = min(i + block, T)
         end = S - T + j
         drop_ij = None if drop is None else drop[..., i:j, :end]
-        dq_i, dk_i, dv_i = attention_backward(dz[..., i:j, :], q[..., i:j, :], k[..., :end, :], v[..., :end, :],
-                                              z[..., i:j, :], mask[i:j, :end], drop_ij, p)
+        dq_i, dk_i, dv_i = attention_backward_by_row_sums(dz[..., i:j, :], q[..., i:j, :], k[..., :end, :],
+                                                          v[..., :end, :], z[..., i:j, :], mask[i:j, :end], drop_ij, p)
         dq[..., i:j, :] = dq_i
         dk[..., :end, :] += dk_i
         dv[..., :end, :] += dv_i
     return dq, dk, dv
 
 
-def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
-                       mask: np.ndarray | None, drop: np.ndarray | None, p: float, scores: Callable,
-                       softmax: Callable, dropout: Callable, dropout_backward: Callable,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replaces backward.attention_backward. The softmax backward's row sums, sum_j dP_ij P_ij, come from the
+def attention_backward_by_row_sums(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, z: np.ndarray,
+                                   mask: np.ndarray | None, drop: np.ndarray | None = None, p: float = 0.0,
+                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """backward.attention_backward, but the softmax backward's row sums, sum_j dP_ij P_ij, come from the
     forward's output instead of [T, S] arrays: = sum_j (dz_i . v_j) P_ij = dz_i . z_i (as FlashAttention
     computes it; with dropout, sum_j dP'_ij P'_ij = dz_i . z_i too); [T, S] work is done in place."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    pattern = softmax(scores(q, k, mask))  # [..., H, T, S], as in the forward
-    dropped = pattern if drop is None else dropout(pattern, drop, p)  # [..., H, T, S]: what multiplied v
+    pattern = ops.softmax(model.attention_scores(q, k, mask))  # [..., H, T, S], as in the forward
+    dropped = pattern if drop is None else ops.dropout(pattern, drop, p)  # [..., H, T, S]: what multiplied v
     dv = dropped.swapaxes(-1, -2) @ dz  # [..., H, S, D]
     dscores = dz @ v.swapaxes(-1, -2)  # [..., H, T, S]: d pattern, made d scores in place below
     if drop is not None:
-        dscores = dropout_backward(dscores, drop, p)
+        dscores = ops.dropout_backward(dscores, drop, p)
     dscores -= (dz * z).sum(axis=-1, keepdims=True)  # dP - sum_j dP_j P_j
     dscores *= pattern
     dscores *= scale
@@ -211,9 +225,10 @@ def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarr
 HEAD_ROWS = 512  # rows of logits made at a time in the LM head: 103 MB at V = 50257, instead of [B*T, V]
 
 
+@tunes(backward.lm_head_and_loss)
 def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
                      grad_scale: float = 1.0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
-    """Replaces backward.lm_head_and_loss: only rows with a target go through the head, HEAD_ROWS at a time,
+    """Only rows with a target go through the head, HEAD_ROWS at a time,
     into one reused [HEAD_ROWS, V] buffer whose softmax and gradient are made in place; dwte is accumulated
     into one [V, C] array. At most one [HEAD_ROWS, V] array is alive, never [B*T, V]."""
     C = h.shape[-1]
@@ -255,23 +270,25 @@ THREADS = 2  # AdamW is bound by memory: a second thread helps, more hardly do
 _pool: ThreadPoolExecutor | None = None
 
 
-def adamw_step(work: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]], t: int, lr: float,
-               betas: tuple[float, float], eps: float) -> None:
-    """Replaces optim.AdamW's loop over whole tensors: `work` is (p, g, m, v, decay) per tensor, updated in
-    place slice by slice, so each slice's five arrays stay in cache for all of the update's passes; the
-    slices are independent, so THREADS threads take turns (NumPy lets go of the GIL inside its loops)."""
+@tunes(optim.adamw)
+def adamw(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], m: dict[str, np.ndarray],
+          v: dict[str, np.ndarray], t: int, lr: float, betas: tuple[float, float], eps: float,
+          weight_decay: float) -> None:
+    """Every tensor updated in place slice by slice, so each slice's five arrays (p, g, m, v and a scratch
+    slice) stay in cache for all of the update's passes; the slices are independent, so THREADS threads take
+    turns (NumPy lets go of the GIL inside its loops)."""
     global _pool
-    slices = [(p[i : i + SLICE], g[i : i + SLICE], m[i : i + SLICE], v[i : i + SLICE], decay)
-              for p, g, m, v, decay in ((a.reshape(-1), b.reshape(-1), c.reshape(-1), d.reshape(-1), e)
-                                        for a, b, c, d, e in work)
-              for i in range(0, p.size, SLICE)]
+    tensors = [(params[k].reshape(-1), g.reshape(-1), m[k].reshape(-1), v[k].reshape(-1),
+                weight_decay if optim.decays(params[k]) else 0.0) for k, g in grads.items()]  # flat views
+    slices = [tuple(a[i : i + SLICE] for a in arrays) + (decay,)
+              for *arrays, decay in tensors for i in range(0, arrays[0].size, SLICE)]
     threads = max(1, min(THREADS, len(slices)))
     dtype = np.result_type(*(s[0] for s in slices)) if slices else np.float32
     scratch = [np.empty(SLICE, dtype=dtype) for _ in range(threads)]
 
     def run(k: int) -> None:
-        for p, g, m, v, decay in slices[k::threads]:
-            adamw_update(p, g, m, v, decay, t, lr, betas, eps, scratch[k][: p.size])
+        for p, g, mt, vt, decay in slices[k::threads]:
+            adamw_update(p, g, mt, vt, decay, t, lr, betas, eps, scratch[k][: p.size])
 
     if threads == 1:
         run(0)

@@ -1,13 +1,153 @@
-"""`python -m minigpt2.generate "prompt"`: continue a prompt from the command line (cli.generate_main).
+"""`python -m minigpt2.generate "prompt"`: continue a prompt from the command line.
 
     python -m minigpt2.generate "Alan Turing theorized that computers would" --max-new-tokens 40
 
-The generation loop itself is generation.py (GPT2.generate and GPT2.stream from Python).
+This file is the command: flags in, text out. The decoding loop itself is decoding.py (GPT2.generate and
+GPT2.stream from Python).
 """
 
+from __future__ import annotations
+
+import argparse
+import os
 import sys
 
-from .cli import generate_main
+from .cli import Parser, command, fail, parse_in_one_process
+from .config import ArgumentError
+from .decoding import check_generation_args, generate, stream
+from .download import DownloadError, unavailable_message
+from .files import decode_utf8
+from .gpt2 import GPT2
+from .tf_checkpoint import CheckpointError
+from .tokenizer import Tokenizer
+from .vocab import ENDOFTEXT, EOT_ID
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="minigpt2-generate", description="Continue a prompt with GPT-2 (NumPy).")
+    p.add_argument("prompt", help="text to continue; '-' reads it from standard input; '' samples unconditionally")
+    p.add_argument("--model", default=None, help="124M, 355M, 774M, 1558M (or gpt2, gpt2-medium, ...), "
+                   "downloaded once; tiny, the small model bundled with minigpt2; or a directory with OpenAI, Hugging "
+                   "Face or minigpt2 files (default 124M, or tiny, saying so, when 124M is neither cached nor "
+                   "downloadable)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=40, help="sample from the k most likely tokens; 0 = all (default 40)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass >= p, "
+                   "in (0, 1] (default: off)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
+    p.add_argument("--min-p", type=float, default=None, help="keep tokens at least this share of the most likely "
+                   "one's probability, in [0, 1] (default: off)")
+    p.add_argument("--typical-p", type=float, default=None, help="locally typical sampling: the mass of the most "
+                   "typical tokens kept, in (0, 1] (default: off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat an n-gram of this size "
+                   "(prompt included) (default: off)")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="no <|endoftext|> before this many new tokens "
+                   "(default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples")
+    p.add_argument("--num-samples", type=int, default=1, help="independent continuations (default 1)")
+    p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
+    p.add_argument("--no-stop", action="store_true", help="keep going after <|endoftext|>")
+    return p
+
+
+@command
+def generate_main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt2.generate "prompt"`: print GPT-2's continuation as it is produced."""
+    parser = generate_parser()
+    args = parse_in_one_process(parser, argv)
+    try:  # the library's own checks, before the model loads
+        check_generation_args(args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                              num_samples=args.num_samples, min_p=args.min_p, typical_p=args.typical_p,
+                              no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens)
+    except ArgumentError as e:
+        return fail("minigpt2-generate", e)
+    # never a UnicodeEncodeError on a console that is not UTF-8: unprintable characters become "?"
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    try:
+        prompt = read_prompt(args.prompt)
+        model, name = generation_model(args.model)
+        tok = model_tokenizer(name, model.config.n_vocab)
+        eot_id = tok.special_tokens.get(ENDOFTEXT)
+        if not prompt and eot_id is None:
+            raise ValueError("an empty prompt starts after <|endoftext|>, which this vocabulary does not have")
+        ids = tok.encode(prompt) if prompt else [eot_id]  # no prompt: start after <|endoftext|>, as OpenAI does
+    except (OSError, ValueError, CheckpointError, DownloadError) as e:
+        return fail("minigpt2-generate", e)
+    options = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, seed=args.seed, stop_at_eot=not args.no_stop,
+                   eot_id=eot_id, min_p=args.min_p, typical_p=args.typical_p,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens)
+    try:
+        print_continuations(model, tok, ids, args, options)
+    except ArgumentError as e:  # checks that need the model (the memory a batch of samples takes)
+        return fail("minigpt2-generate", e)
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing more to say
+        # subtle: point stdout at /dev/null, or Python's final flush at exit fails again and prints an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+def read_prompt(arg: str) -> str:
+    """The prompt: the argument, or standard input for '-', as UTF-8 text (one message for bytes that are not,
+    from either)."""
+    if arg == "-":
+        return decode_utf8(sys.stdin.buffer.read(), "standard input")
+    # subtle: Python hands over argument bytes that are not UTF-8 as lone surrogates; back to those bytes
+    return decode_utf8(arg.encode("utf-8", "surrogateescape"), "the prompt")
+
+
+DEFAULT_MODEL, FALLBACK_MODEL = "124M", "tiny"
+
+
+def generation_model(name: str | None) -> tuple[GPT2, str]:
+    """(the model, its name): `name`, or by default GPT-2 124M, and when that is neither cached nor downloadable
+    the bundled model, said in one line on stderr. A model named explicitly is never replaced: a DownloadError
+    becomes the one line that says how to get it."""
+    try:
+        return GPT2.from_pretrained(name or DEFAULT_MODEL), name or DEFAULT_MODEL
+    except DownloadError as e:
+        line = unavailable_message(name or DEFAULT_MODEL, e)
+        if name is not None:
+            raise DownloadError(line) from None
+    print(f"minigpt2-generate: {line}. The text below is by minigpt2's bundled model '{FALLBACK_MODEL}' (a small "
+          "model trained on Python's documentation), not by GPT-2", file=sys.stderr)
+    return GPT2.from_pretrained(FALLBACK_MODEL), FALLBACK_MODEL
+
+
+def model_tokenizer(model: str, n_vocab: int) -> Tokenizer:
+    """The model's own vocabulary; for a directory without one, GPT-2's if the sizes fit (saying so)."""
+    try:
+        return Tokenizer.from_pretrained(model)
+    except FileNotFoundError:
+        if not os.path.isdir(model) or n_vocab != EOT_ID + 1:
+            raise
+    print(f"minigpt2-generate: {model} holds no vocabulary; using GPT-2's (save the model with its tokenizer, "
+          "model.save(dir, tokenizer), to keep its own)", file=sys.stderr)
+    return Tokenizer.from_pretrained("124M")
+
+
+def print_continuations(model, tok: Tokenizer, ids: list[int], args: argparse.Namespace, options: dict) -> None:
+    """Stream one continuation to stdout as it is made, or print several when they are done."""
+    if args.num_samples == 1 and not args.no_stream:
+        decoder = tok.stream_decoder()
+        for i in stream(model, ids, args.max_new_tokens, **options):
+            if i == options["eot_id"] and options["stop_at_eot"]:
+                break  # the end of the text is not part of it (as generate() leaves it out)
+            sys.stdout.write(decoder.push(int(i)))
+            sys.stdout.flush()
+        sys.stdout.write(decoder.flush() + "\n")
+        sys.stdout.flush()  # inside the caller's try: a closed pipe shows up here, not at exit
+        return
+    samples = generate(model, ids, args.max_new_tokens, num_samples=args.num_samples, progress=True, **options)
+    for n, new in enumerate(samples, start=1):
+        if args.num_samples > 1:
+            print(f"{'=' * 30} sample {n} {'=' * 30}")
+        print(tok.decode(new), flush=True)
+
 
 if __name__ == "__main__":
     sys.exit(generate_main())

@@ -1,7 +1,7 @@
 """GPT2: the user-facing model, one object for everything minigpt2 does with one.
 
 It holds a config and params and delegates each job to the module that does it, all of them upstream:
-the forward and the KV cache (model), loading (load) and saving (save), generation (generation), gradients
+the forward and the KV cache (model), loading (load) and saving (save), decoding (decoding), gradients
 (backward).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from . import backward
 from .config import GPT2Config
-from .generation import generate, stream
+from .decoding import generate, stream
 from .load import load_model
 from .model import KVCache, check_ids, gpt2, recorder
 from .params import Params, check_params, flatten, init_params
@@ -98,7 +98,7 @@ class GPT2:
 
         Returns the new ids as a list (without a final <|endoftext|>), or a list per sample when
         `num_samples` is given (the samples run together as one batch). The settings act in transformers'
-        order (see minigpt2.generation.stream and sample.process_logits).
+        order (see minigpt2.decoding.stream and sample.process_logits).
         """
         return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed, stop_at_eot=stop_at_eot,

@@ -13,8 +13,9 @@ Params (params.py) are a nested dict of float32 arrays with GPT-2's own names: p
 ["c_attn"]["w"] is the checkpoint's blocks.3.attn.c_attn.w. subtle: weights are stored [n_out, n_in],
 transposed from OpenAI's files, so that `linear` streams them row by row; the loaders transpose once.
 
-Every equation is here in its textbook form; where a tuned form (fast.py, tested equal) runs instead, the code
-says so at that line, and `with minigpt2.reference_mode():` runs this file's forms alone.
+Every equation is here in its textbook form; `@tunable` marks the one with a tuned form in fast.py (long
+inputs' attention, a block of queries at a time; see dispatch.py), and `with minigpt2.reference_mode():` runs
+this file's forms alone.
 
 Every intermediate passes through `record(name, array)`, which returns the array. The plain forward uses
 `keep` (returns it unchanged); `GPT2.run_with_activations` passes a recorder that stores arrays by name
@@ -29,10 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import fast
 from .checks import is_whole
 from .config import GPT2Config
-from .ops import cross_entropy, dropout, gelu, layer_norm, linear, softmax
+from .dispatch import tunable
+from .ops import dropout, gelu, layer_norm, linear, softmax
 from .params import Params
 
 Record = Callable[[str, np.ndarray], np.ndarray]
@@ -78,6 +79,7 @@ def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None) -> n
     return scores
 
 
+@tunable
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, record: Record = keep,
               name: str = "attn", drop: np.ndarray | None = None, p: float = 0.0) -> np.ndarray:
     """softmax(q k^T / sqrt(D), masked) v: q [..., H, T, D], k and v [..., H, S, D] -> [..., H, T, D].
@@ -102,11 +104,7 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
     drop, p = None, 0.0
     if dropout is not None:  # training: one mask over the whole pattern, whichever way it is computed
         drop, p = dropout.mask(f"{name}.pattern", (*q.shape[:-1], k.shape[-2])), dropout.p  # [..., H, T, S]
-    if fast.enabled() and q.shape[-2] > fast.QUERY_BLOCK and not records_patterns(record):
-        z = fast.attention_in_blocks(q, k, v, mask, attention, drop, p)  # the same z, skipping the masked half
-    else:
-        z = attention(q, k, v, mask, record, name, drop, p)  # [..., H, T, D]
-    z = record(f"{name}.z", z)  # [..., H, T, D]: each head's output
+    z = record(f"{name}.z", attention(q, k, v, mask, record, name, drop, p))  # [..., H, T, D]: each head's output
     return record(f"{name}.out", linear(merge_heads(z), **attn["c_proj"]))  # [..., T, C]
 
 
@@ -187,17 +185,6 @@ class Dropout:
         return dropout(x, self.mask(name, x.shape), self.p)  # x's shape
 
 
-def lm_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray) -> float:
-    """Mean next-token cross-entropy of the tied head's logits h @ wte.T at the positions with a target
-    (targets -1 elsewhere): h [..., T, C], targets [..., T]. Only those positions' logits are made."""
-    if fast.enabled():
-        return fast.lm_head_and_loss(h, wte, targets, backward=False)[0]  # chunks of rows, one logits buffer
-    rows = np.flatnonzero(targets.reshape(-1) >= 0)  # [N] scored positions
-    logits = linear(h.reshape(-1, h.shape[-1])[rows], wte)  # [N, C] -> [N, V]
-    nll, _ = cross_entropy(logits, targets.reshape(-1)[rows])  # [N]
-    return float(nll.sum(dtype=np.float64)) / len(rows)
-
-
 # --- KV cache -------------------------------------------------------------------------------------
 
 
@@ -222,6 +209,23 @@ class KVCache:
         self.k[layer, ..., self.length : S, :] = k
         self.v[layer, ..., self.length : S, :] = v
         return self.k[layer, ..., :S, :], self.v[layer, ..., :S, :]
+
+    def select(self, rows) -> KVCache:
+        """A new cache whose row i holds this cache's row rows[i] (a batched cache; beam search starts its
+        beams from one prefilled prompt this way)."""
+        out = KVCache.__new__(KVCache)
+        S = self.length
+        out.k, out.v = (np.zeros((a.shape[0], len(rows), *a.shape[2:]), dtype=a.dtype) for a in (self.k, self.v))
+        out.k[:, :, :, :S], out.v[:, :, :, :S] = self.k[:, rows, :, :S], self.v[:, rows, :, :S]
+        out.batch_size, out.length = len(rows), S
+        return out
+
+    def reorder(self, rows) -> None:
+        """Row i now holds what row rows[i] held, in place (beam search: each beam continues from the beam
+        it came from). Only the filled positions are moved."""
+        S = self.length
+        self.k[:, :, :, :S] = self.k[:, rows, :, :S]  # [L, B, H, S, D]; the right side is a copy
+        self.v[:, :, :, :S] = self.v[:, rows, :, :S]
 
     @property
     def nbytes(self) -> int:

@@ -6,6 +6,8 @@ same shapes. Every function works in float64 too, so that finite differences can
 
 subtle: NumPy 2 promotes float32 arrays to float64 when mixed with NumPy float64 scalars (np.sqrt(64.0),
 np.pi); Python floats keep float32. Every constant here is a Python float for that reason.
+
+`@tunable` marks the few functions that fast.py has a tuned form of (the same numbers, faster; see dispatch.py).
 """
 
 from __future__ import annotations
@@ -14,25 +16,23 @@ import math
 
 import numpy as np
 
-from . import fast
+from .dispatch import tunable
 
 
+@tunable
 def gelu(x: np.ndarray) -> np.ndarray:
     """GPT-2's GELU, the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
     >>> gelu(np.array([-1.0, 0.0, 1.0], dtype=np.float32)).round(4)
     array([-0.1588,  0.    ,  0.8412], dtype=float32)
     """
-    if fast.enabled():
-        return fast.gelu(x)  # the same numbers in cache-sized chunks (fast.py)
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
+@tunable
 def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     """d gelu(x) / dx, chained with dy: with u = sqrt(2/pi) (x + 0.044715 x^3),
     d/dx [0.5 x (1 + tanh(u))] = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) du/dx."""
-    if fast.enabled():
-        return fast.gelu_backward(dy, x)
     u = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
     du = math.sqrt(2.0 / math.pi) * (1.0 + 3.0 * 0.044715 * x**2)
     th = np.tanh(u)
@@ -67,6 +67,7 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -
     return y
 
 
+@tunable
 def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float = 1e-5,
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Through y = g * xhat + b, xhat = (x - mean) / sqrt(var + eps): (dx [..., C], dg [C], db [C]).
@@ -74,8 +75,6 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, g: np.ndarray, eps: float
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), with dxhat = dy * g: the two means
     remove what flows into the row's mean and variance. dg and db sum over every row (all rows share them).
     """
-    if fast.enabled():
-        return fast.layer_norm_backward(dy, x, g, eps)
     xc = x - x.mean(axis=-1, keepdims=True)  # [..., C] centered
     rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
     xhat = xc * rstd  # [..., C]
@@ -97,6 +96,7 @@ def dropout_backward(dy: np.ndarray, keep: np.ndarray, p: float) -> np.ndarray:
     return dy * keep * (1.0 / (1.0 - p))
 
 
+@tunable
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x [..., n_in] @ w.T + b -> [..., n_out], with w stored [n_out, n_in] (GPT-2's "Conv1D", transposed).
 
@@ -104,10 +104,7 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     order memory streams fastest; decoding is bound by that read (docs/performance.md).
     """
     x2 = x.reshape(-1, x.shape[-1])  # [N, n_in]: batch and time folded into rows, so w is read once
-    if fast.enabled() and 1 < len(x2) <= fast.FEW_ROWS:  # decoding a few samples together (fast.py)
-        y = fast.matmul_few_rows(x2, w)  # [N, n_out]
-    else:
-        y = x2 @ w.T  # [N, n_out]
+    y = x2 @ w.T  # [N, n_out]
     if b is not None:
         y += b  # in place: no second [N, n_out] array
     return y.reshape(*x.shape[:-1], w.shape[0])

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import fast
+from .dispatch import tunable
 from .params import Params, flatten
 
 
@@ -25,6 +25,25 @@ def decays(p: np.ndarray) -> bool:
     """Whether weight decay applies to the parameter `p`: matrices and embeddings (2-D) yes; biases and
     layer-norm gains (1-D) no (nanoGPT's grouping)."""
     return p.ndim >= 2
+
+
+@tunable
+def adamw(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], m: dict[str, np.ndarray],
+          v: dict[str, np.ndarray], t: int, lr: float, betas: tuple[float, float], eps: float,
+          weight_decay: float) -> None:
+    """AdamW's step t (from 1) on every tensor named in `grads`, in place: params, first moments m and second
+    moments v are dicts of arrays by the same flat names."""
+    b1, b2 = betas
+    for name, g in grads.items():
+        p, mt, vt = params[name], m[name], v[name]
+        assert g.shape == p.shape, f"gradient of {name} has shape {g.shape}, the parameter {p.shape}"
+        mt[...] = b1 * mt + (1.0 - b1) * g  # first moment
+        vt[...] = b2 * vt + (1.0 - b2) * g * g  # second moment
+        if decays(p):
+            p *= 1.0 - lr * weight_decay  # decoupled weight decay: shrink the weight, not the gradient
+        m_hat = mt / (1.0 - b1**t)  # bias corrections: the moments start at zero
+        v_hat = vt / (1.0 - b2**t)
+        p -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
 class AdamW:
@@ -50,23 +69,9 @@ class AdamW:
 
     def step(self, grads: Params, lr: float | None = None) -> None:
         """One update of every parameter in place, with this step's learning rate (default self.lr)."""
-        lr = self.lr if lr is None else lr
         self.t += 1
-        b1, b2, t = self.betas[0], self.betas[1], self.t
-        if fast.enabled():  # the same update in cache-sized slices on two threads (fast.py)
-            work = [(self.params[k], g, self.m[k], self.v[k], self.weight_decay if decays(self.params[k]) else 0.0)
-                    for k, g in flatten(grads).items()]
-            return fast.adamw_step(work, t, lr, self.betas, self.eps)
-        for name, g in flatten(grads).items():
-            p, m, v = self.params[name], self.m[name], self.v[name]
-            assert g.shape == p.shape, f"gradient of {name} has shape {g.shape}, the parameter {p.shape}"
-            m[...] = b1 * m + (1.0 - b1) * g  # first moment
-            v[...] = b2 * v + (1.0 - b2) * g * g  # second moment
-            if decays(p):
-                p *= 1.0 - lr * self.weight_decay  # decoupled weight decay: shrink the weight, not the gradient
-            m_hat = m / (1.0 - b1**t)  # bias corrections: the moments start at zero
-            v_hat = v / (1.0 - b2**t)
-            p -= lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        adamw(self.params, flatten(grads), self.m, self.v, self.t, self.lr if lr is None else lr, self.betas,
+              self.eps, self.weight_decay)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays {"m.<name>", "v.<name>"}, scalars) to save; `load_state_dict` restores them exactly."""

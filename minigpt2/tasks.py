@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .backward import lm_head_and_loss
 from .checks import is_whole
 from .config import GPT2Config
 from .files import read_utf8
-from .model import lm_loss, transformer
+from .model import transformer
 from .params import Params
 from .tokenizer import Tokenizer
 from .vocab import ENDOFTEXT
@@ -259,7 +260,7 @@ def completion_nll(examples: list[Example], params: Params, config: GPT2Config, 
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
         inputs, targets = pad_batch(batch)  # [B, T] each
         h = transformer(inputs, params, config)  # [B, T, C]
-        mean = lm_loss(h, params["wte"], targets)
+        mean = lm_head_and_loss(h, params["wte"], targets, backward=False)[0]
         n = int((targets >= 0).sum())
         total += mean * n
         count += n

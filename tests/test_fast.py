@@ -5,7 +5,7 @@ logits, loss, gradients and AdamW steps in both modes."""
 import numpy as np
 import pytest
 
-from minigpt2 import GPT2, GPT2Config, fast, reference_mode
+from minigpt2 import GPT2, GPT2Config, dispatch, fast, reference_mode
 from minigpt2.backward import attention_backward, lm_head_and_loss, loss_and_grads
 from minigpt2.model import Dropout, attention, causal_mask
 from minigpt2.ops import gelu, gelu_backward, layer_norm_backward, linear
@@ -18,9 +18,9 @@ from .test_backward import check_against_finite_differences
 def both(f, *args):
     """(f in reference mode, f in fast mode)."""
     with reference_mode():
-        assert not fast.enabled()
+        assert not dispatch.tuned()
         ref = f(*args)
-    assert fast.enabled()
+    assert dispatch.tuned()
     return ref, f(*args)
 
 
@@ -63,8 +63,8 @@ def test_attention_in_blocks_equals_attention_in_one_block(T, S, block):
     rng = np.random.default_rng(T)
     q, k, v = (rng.standard_normal((2, 3, n, 8), dtype=np.float32) * 2 for n in (T, S, S))  # [B, H, T|S, D]
     mask = causal_mask(T, S)
-    np.testing.assert_allclose(fast.attention_in_blocks(q, k, v, mask, attention, block=block),
-                               attention(q, k, v, mask), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fast.attention_in_blocks(q, k, v, mask, block=block),
+                               attention.textbook(q, k, v, mask), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("T, S, block", [(9, 9, 4), (7, 11, 3), (8, 8, 8)])
@@ -73,10 +73,8 @@ def test_attention_in_blocks_backward_against_finite_differences(T, S, block):
     q, k, v = (rng.standard_normal((3, n, 4)) * 2 for n in (T, S, S))
     mask = causal_mask(T, S)
     w = rng.standard_normal((3, T, 4))
-    dq, dk, dv = fast.attention_in_blocks_backward(w, q, k, v, attention(q, k, v, mask), mask, attention_backward,
-                                                   block=block)
-    check_against_finite_differences(lambda: (w * fast.attention_in_blocks(q, k, v, mask, attention,
-                                                                            block=block)).sum(),
+    dq, dk, dv = fast.attention_in_blocks_backward(w, q, k, v, attention(q, k, v, mask), mask, block=block)
+    check_against_finite_differences(lambda: (w * fast.attention_in_blocks(q, k, v, mask, block=block)).sum(),
                                      {"q": q, "k": k, "v": v}, {"q": dq, "k": dk, "v": dv})
 
 

@@ -12,10 +12,10 @@ ALLOWED = {
     "bundled": set(),
     "version": set(),
     "machine": set(),
-    "fast": set(),
+    "dispatch": set(),
     "blas": {"checks"},
     "distributed": set(),
-    "ops": {"fast"},
+    "ops": {"dispatch"},
     "vocab": set(),
     "crc32c": set(),
     "tf_checkpoint": {"crc32c"},
@@ -26,18 +26,18 @@ ALLOWED = {
     "explain": {"vocab"},
     "tokenizer": {"bpe_train", "bundled", "explain", "tokenizer_fast", "files", "vocab", "download", "safetensors"},
     "params": {"config"},
-    "model": {"checks", "config", "fast", "ops", "params"},
-    "backward": {"config", "fast", "model", "ops", "params"},
+    "model": {"checks", "config", "dispatch", "ops", "params"},
+    "backward": {"config", "dispatch", "model", "ops", "params"},
     "save": {"config", "files", "params", "safetensors"},
     "load": {"bundled", "files", "tf_checkpoint", "config", "download", "params", "safetensors", "save"},
     "sample": {"checks", "config", "ops"},
-    "generation": {"checks", "config", "machine", "model", "sample", "vocab"},
-    "gpt2": {"backward", "config", "generation", "load", "model", "params", "save", "vocab"},
-    "optim": {"fast", "params"},
-    "tasks": {"checks", "config", "files", "model", "params", "tokenizer", "vocab"},
-    "evaluate": {"checks", "config", "files", "model", "ops", "tasks", "tokenizer", "vocab"},
-    "export": {"cli"},
-    "generate": {"cli"},
+    "beam": {"model", "ops", "sample"},
+    "decoding": {"beam", "checks", "config", "machine", "model", "sample", "vocab"},
+    "gpt2": {"backward", "config", "decoding", "load", "model", "params", "save", "vocab"},
+    "optim": {"dispatch", "params"},
+    "fast": {"backward", "dispatch", "model", "ops", "optim"},  # the tuned forms import the textbook ones
+    "tasks": {"backward", "checks", "config", "files", "model", "params", "tokenizer", "vocab"},
+    "evaluate": {"backward", "checks", "config", "decoding", "files", "model", "ops", "tasks", "tokenizer", "vocab"},
     # the training package, one file a job, in the order its data flows
     "train.settings": {"checks", "files"},
     "train.data": {"download", "files", "tasks", "tokenizer", "vocab", "train.settings"},
@@ -50,12 +50,14 @@ ALLOWED = {
                    "safetensors", "save", "tokenizer", "train.data", "train.rundir", "train.settings", "train.step",
                    "train.stop"},
     "train": {"train.data", "train.loop", "train.rundir", "train.settings", "train.step", "train.stop"},
-    "train.__main__": {"cli"},
-    "cli": {"distributed", "config", "download", "evaluate", "files", "version", "generation", "gpt2", "save", "tasks",
-            "tf_checkpoint", "tokenizer", "train", "vocab"},
-    "__init__": {"config", "fast", "gpt2", "model", "tokenizer", "version"},
-    "__main__": {"cli"},
-    "evaluate.__main__": {"cli"},
+    # the command lines: what they share (cli), then one file a command, then the list of them
+    "cli": {"config", "distributed", "version"},
+    "generate": {"cli", "config", "decoding", "download", "files", "gpt2", "tf_checkpoint", "tokenizer", "vocab"},
+    "train.__main__": {"cli", "distributed", "download", "tf_checkpoint", "train"},
+    "evaluate.__main__": {"cli", "download", "evaluate", "gpt2", "tasks", "tf_checkpoint", "tokenizer"},
+    "export": {"cli", "download", "gpt2", "save", "tf_checkpoint", "tokenizer"},
+    "__init__": {"config", "dispatch", "fast", "gpt2", "model", "tokenizer", "version"},
+    "__main__": {"evaluate.__main__", "export", "generate", "train.__main__", "version"},
 }
 RUNTIME_DEPENDENCIES = {"numpy", "regex", "requests", "tqdm"}
 
@@ -81,7 +83,7 @@ def room(dotted: str) -> str:
 def imports(module: str) -> tuple[set[str], set[str]]:
     """(modules of ours, third-party top-level packages) imported anywhere in the module's file: at the top,
     inside functions and methods, or under a condition (ast.walk visits every node), except under
-    `if __name__ == "__main__":`, where a module that is also a command hands over to cli.py. Relative imports
+    `if __name__ == "__main__":`, where a module that is also a command runs its own main. Relative imports
     are resolved from the file's own package (a file of minigpt2/train/ importing `.stop` imports train.stop)."""
     path = path_of(module)
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -169,3 +171,24 @@ def test_no_cycles_even_through_lazy_imports():
 
     for module in ALLOWED:
         assert module not in reaches(module, set()), f"{module} imports something that imports it back"
+
+
+MAX_LINES = 450
+
+
+def test_no_module_is_longer_than_one_sitting():
+    for module in ALLOWED:
+        n = len(path_of(module).read_text(encoding="utf-8").splitlines())
+        assert n <= MAX_LINES, f"{path_of(module)} has {n} lines (at most {MAX_LINES}: split it by job)"
+
+
+def test_one_seam_between_textbook_and_tuned_code():
+    """Only the package's __init__ imports fast.py; every function marked @tunable has its tuned form
+    registered, and each tuned form replaces a function marked @tunable."""
+    importers = {m for m in ALLOWED if "fast" in imports(m)[0]}
+    assert importers == {"__init__"}, f"{sorted(importers - {'__init__'})} import fast.py: go through dispatch.py"
+    import minigpt2  # noqa: F401  (registers the tuned forms)
+    from minigpt2 import backward, dispatch, model, ops, optim
+
+    marked = {f.key for mod in (ops, model, backward, optim) for f in vars(mod).values() if hasattr(f, "textbook")}
+    assert marked == set(dispatch._tuned_forms), "a @tunable without a tuned form, or a tuned form of nothing"

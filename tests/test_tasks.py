@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 
 from minigpt2 import GPT2, GPT2Config, Tokenizer
-from minigpt2.evaluate import (
-    continuation_logprobs,
-    greedy_continuations,
-    log_likelihood,
-    score_task_file,
-)
+from minigpt2.decoding import greedy_continuations
+from minigpt2.evaluate import continuation_logprobs, log_likelihood, score_task_file
 from minigpt2.params import flatten
 from minigpt2.tasks import encode_example, examples_at, is_task_file, pad_batch, read_task_file
 from minigpt2.train import TrainConfig, step_gradient, train

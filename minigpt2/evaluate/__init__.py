@@ -41,10 +41,12 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from ..backward import lm_head_and_loss
 from ..checks import is_whole
 from ..config import ArgumentError
+from ..decoding import greedy_continuations
 from ..files import read_utf8
-from ..model import KVCache, gpt2, lm_loss, transformer
+from ..model import transformer
 from ..ops import linear, log_softmax
 from ..tasks import (
     TaskFileError,
@@ -168,7 +170,7 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
     scored = np.stack([np.arange(begin + 1, end) >= first for begin, end, first in spans])  # [B, T]
     targets[~scored] = -1  # positions an earlier window scored: no loss here (as in training)
     h = transformer(inputs, model.params, model.config)  # [B, T, C]
-    mean = lm_loss(h, model.params["wte"], targets)  # only scored rows get logits
+    mean = lm_head_and_loss(h, model.params["wte"], targets, backward=False)[0]  # only scored rows get logits
     return mean * int(scored.sum())
 
 
@@ -234,45 +236,6 @@ def log_likelihood(model, tokenizer: Tokenizer, prompt: str, continuation: str) 
     if not continuation_ids:
         raise ValueError("the continuation is empty: there is nothing to score")
     return continuation_logprobs(model, [(context_ids(tokenizer, prompt), [continuation_ids])])[0][0]
-
-
-def greedy_continuations(model, prompts: list[list[int]], max_new: list[int], eot_id: int, batch_size: int = 8,
-                         progress: bool = False) -> list[list[int]]:
-    """Each prompt's greedy continuation (argmax at every step), at most max_new[i] ids, cut at eot_id.
-
-    Prompts run `batch_size` at a time, in order of length, through one KV cache: the batch is prefilled to its
-    shortest prompt, then every row advances one position per step, reading its own prompt token where it has
-    one left (teacher forcing) and its greedy choice after that. A row stops at the context's end.
-    """
-    n_ctx = model.config.n_ctx
-    out: list[list[int]] = [[] for _ in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
-        rows = [prompts[i][-n_ctx:] for i in batch]
-        first = min(len(r) for r in rows)
-        cache = KVCache(model.config, batch_size=len(batch))
-        prefix = np.array([r[:first] for r in rows], dtype=np.int64)  # [B, first]
-        logits = gpt2(prefix, model.params, model.config, cache, last_only=True)[:, -1]  # [B, V]
-        done = [False] * len(batch)
-        for pos in range(first, n_ctx + 1):  # the token at position `pos` is chosen (or forced) now
-            nxt = logits.argmax(axis=-1)  # [B]
-            feed = np.empty(len(batch), dtype=np.int64)  # [B]
-            for b, i in enumerate(batch):
-                if pos < len(rows[b]):
-                    feed[b] = rows[b][pos]  # still inside this row's prompt
-                    continue
-                feed[b] = nxt[b]
-                if not done[b]:
-                    if nxt[b] == eot_id:
-                        done[b] = True
-                    else:
-                        out[i].append(int(nxt[b]))
-                        done[b] = len(out[i]) >= max_new[i]
-            if all(done) or pos == n_ctx:
-                break
-            logits = gpt2(feed[:, None], model.params, model.config, cache)[:, -1]  # [B, 1] -> [B, V]
-    return out
 
 
 def score_task_file(model, tokenizer: Tokenizer, path_or_rows, batch_size: int = 8, progress: bool = False,

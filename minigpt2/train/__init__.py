@@ -1,4 +1,4 @@
-"""text -> batches -> steps -> checkpoints: pre-training and fine-tuning GPT-2 (`python -m minigpt2.train`: cli.py).
+"""text -> batches -> steps -> checkpoints: pre-training and fine-tuning GPT-2 (`python -m minigpt2.train`: __main__.py).
 
 One job a file, in the order the data flows:
 

@@ -1,4 +1,4 @@
-"""prompt ids -> new ids, one at a time: the generation loop (model -> sample -> feed back).
+"""prompt ids -> new ids, one at a time: the decoding loop (model -> sample -> feed back).
 
     model.generate(ids, 40, top_k=40, seed=0)      # GPT2.generate and GPT2.stream call this module
 
@@ -152,6 +152,44 @@ def prefill(model, context: np.ndarray) -> tuple[KVCache, np.ndarray]:
     cache = KVCache(model.config, batch_size=context.shape[0])
     logits = gpt2(context, model.params, model.config, cache, last_only=True)  # [B, 1, V]
     return cache, logits[:, -1]
+
+
+def greedy_continuations(model, prompts: list[list[int]], max_new: list[int], eot_id: int, batch_size: int = 8,
+                         progress: bool = False) -> list[list[int]]:
+    """Each prompt's greedy continuation (argmax at every step), at most max_new[i] ids, cut at eot_id.
+
+    The loop of `stream` for prompts of different lengths (exact match of task files scores with it): prompts
+    run `batch_size` at a time, in order of length, through one KV cache; the batch is prefilled to its
+    shortest prompt, then every row advances one position per step, reading its own prompt token where it has
+    one left (teacher forcing) and its greedy choice after that. A row stops at the context's end.
+    """
+    n_ctx = model.config.n_ctx
+    out: list[list[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
+        rows = [prompts[i][-n_ctx:] for i in batch]
+        first = min(len(r) for r in rows)
+        cache, logits = prefill(model, np.array([r[:first] for r in rows], dtype=np.int64))  # [B, first] -> [B, V]
+        done = [False] * len(batch)
+        for pos in range(first, n_ctx + 1):  # the token at position `pos` is chosen (or forced) now
+            nxt = logits.argmax(axis=-1)  # [B]
+            feed = np.empty(len(batch), dtype=np.int64)  # [B]
+            for b, i in enumerate(batch):
+                if pos < len(rows[b]):
+                    feed[b] = rows[b][pos]  # still inside this row's prompt
+                    continue
+                feed[b] = nxt[b]
+                if not done[b]:
+                    if nxt[b] == eot_id:
+                        done[b] = True
+                    else:
+                        out[i].append(int(nxt[b]))
+                        done[b] = len(out[i]) >= max_new[i]
+            if all(done) or pos == n_ctx:
+                break
+            logits = gpt2(feed[:, None], model.params, model.config, cache)[:, -1]  # [B, 1] -> [B, V]
+    return out
 
 
 def generate(model, ids, max_new_tokens: int, *, num_samples: int | None = None, progress: bool = False,
