@@ -93,18 +93,25 @@ class GPT2:
                  top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
                  stop_at_eot: bool = True, num_samples: int | None = None, progress: bool = False,
                  eot_id: int | None = None, min_p: float | None = None, typical_p: float | None = None,
-                 no_repeat_ngram_size: int | None = None, min_new_tokens: int = 0):
+                 no_repeat_ngram_size: int | None = None, min_new_tokens: int = 0, stop: list[str] | None = None,
+                 tokenizer=None, num_beams: int = 1, length_penalty: float = 1.0,
+                 early_stopping: bool | str = False, num_return_sequences: int | None = None):
         """Continue the prompt `ids` [T] with up to `max_new_tokens` new ids (temperature=0: greedy).
 
         Returns the new ids as a list (without a final <|endoftext|>), or a list per sample when
         `num_samples` is given (the samples run together as one batch). The settings act in transformers'
-        order (see minigpt2.decoding.stream and sample.process_logits).
+        order (see minigpt2.decoding.stream and sample.process_logits). `stop=["\n\n"]` with
+        `tokenizer=tok` ends a sample at the token that completes one of the strings (kept in the ids).
+        `num_beams=4, temperature=0`: beam search (minigpt2.beam), with `length_penalty`, `early_stopping`
+        (False, True or "never") and `num_return_sequences` (that many lists, best first), as transformers.
         """
         return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed, stop_at_eot=stop_at_eot,
                         num_samples=num_samples, progress=progress, eot_id=eot_id, min_p=min_p,
                         typical_p=typical_p, no_repeat_ngram_size=no_repeat_ngram_size,
-                        min_new_tokens=min_new_tokens)
+                        min_new_tokens=min_new_tokens, stop=stop, tokenizer=tokenizer, num_beams=num_beams,
+                        length_penalty=length_penalty, early_stopping=early_stopping,
+                        num_return_sequences=num_return_sequences)
 
     def stream(self, ids, max_new_tokens: int, **kwargs):
         """Like `generate`, but yields each new id as soon as it is made (a list of ids per step with

@@ -393,7 +393,11 @@ class StreamDecoder:
         """Add one id (or several); return the text completed by them (possibly "")."""
         ids = ids.tolist() if hasattr(ids, "tolist") else ids  # numpy scalar or array -> Python int(s)
         ids = [ids] if not isinstance(ids, Iterable) else ids
-        return self._utf8.decode(self._decode_bytes(ids))
+        return self.push_bytes(self._decode_bytes(ids))
+
+    def push_bytes(self, data: bytes) -> str:
+        """Add raw bytes of text (e.g. part of a token); return the text completed by them (possibly "")."""
+        return self._utf8.decode(data)
 
     def flush(self) -> str:
         """End of stream: any unfinished character becomes U+FFFD."""
