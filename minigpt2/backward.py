@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import GPT2Config
 from .dispatch import tunable
+from .lora import has_adapter, lora_delta_backward
 from .model import (
     Dropout,
     attention_scores,
@@ -76,10 +77,12 @@ def check_targets(targets, ids: np.ndarray, n_vocab: int) -> np.ndarray:
 
 @tunable
 def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
-                     grad_scale: float = 1.0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+                     grad_scale: float = 1.0, head_grad: bool = True,
+                     ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Mean cross-entropy of the tied head's logits h @ wte.T: h [..., T, C], targets [..., T] ->
     (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `backward`. Only the N rows with a
-    target go through the head. The gradients are those of grad_scale x loss (the seed of the backward)."""
+    target go through the head. The gradients are those of grad_scale x loss (the seed of the backward).
+    head_grad=False (a frozen head, as in a LoRA run): dwte is None and never computed."""
     C = h.shape[-1]
     h2, t2 = h.reshape(-1, C), targets.reshape(-1)  # [B*T, C], [B*T]
     rows = np.flatnonzero(t2 >= 0)  # [N] positions that are scored
@@ -90,7 +93,8 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
     if not backward:
         return loss, None, None
     dlogits = cross_entropy_backward(np.full(len(rows), grad_scale / len(rows), dtype=h.dtype), probs, t)  # [N, V]
-    dx, dwte, _ = linear_backward(dlogits, x, wte)  # [N, C], [V, C]
+    dx = dlogits @ wte  # [N, C]
+    dwte = dlogits.T @ x if head_grad else None  # [V, C]
     dh = np.zeros_like(h2)  # [B*T, C]: unscored positions get no gradient
     dh[rows] = dx
     return loss, dh.reshape(h.shape), dwte
@@ -118,50 +122,76 @@ def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarr
     return dq, dk, dv
 
 
+def dense_backward(dy: np.ndarray, x: np.ndarray, p: Params, frozen: bool = False) -> tuple[np.ndarray, Params]:
+    """`model.dense` mirrored: dy [..., out] -> (dx [..., in], grads of what trains). A frozen layer (a LoRA run
+    freezes every base weight) passes dx = dy w back and computes no dw or db; its adapter, if it has one,
+    gets dA and dB (lora.lora_delta_backward)."""
+    if not frozen:
+        dx, dw, db = linear_backward(dy, x, p["w"])
+        return dx, {"w": dw, "b": db}
+    dx = (dy.reshape(-1, dy.shape[-1]) @ p["w"]).reshape(*dy.shape[:-1], p["w"].shape[1])  # [..., in]
+    if "lora_A" not in p:
+        return dx, {}
+    dx_lora, da, db = lora_delta_backward(dy, x, p["lora_A"], p["lora_B"], p["lora_scaling"])
+    dx += dx_lora
+    return dx, {"lora_A": da, "lora_B": db}
+
+
 def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer: int, mask: np.ndarray | None,
-                 dropout: Dropout | None = None) -> tuple[np.ndarray, Params]:
+                 dropout: Dropout | None = None, frozen: bool = False) -> tuple[np.ndarray, Params]:
     """`mha` mirrored: dout [..., T, C] -> (d its input [..., T, C], grads of c_attn and c_proj)."""
     name = f"blocks.{layer}.attn"
     q, k, v, z = (acts[f"{name}.{a}"] for a in "qkvz")  # [..., H, T, D] each
-    dmerged, dw_proj, db_proj = linear_backward(dout, merge_heads(z), attn["c_proj"]["w"])  # [..., T, C]
+    dmerged, d_proj = dense_backward(dout, merge_heads(z), attn["c_proj"], frozen)  # [..., T, C]
     dz = split_heads(dmerged, n_head)  # [..., H, T, D]
     drop, p = (None, 0.0) if dropout is None else (dropout.keep[f"{name}.pattern"], dropout.p)  # [..., H, T, S]
     dq, dk, dv = attention_backward(dz, q, k, v, z, mask, drop, p)  # [..., H, T, D] each
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [..., T, 3C]
-    dx, dw_attn, db_attn = linear_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"]["w"])  # [..., T, C]
-    return dx, {"c_attn": {"w": dw_attn, "b": db_attn}, "c_proj": {"w": dw_proj, "b": db_proj}}
+    dx, d_attn = dense_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"], frozen)  # [..., T, C]
+    return dx, trained({"c_attn": d_attn, "c_proj": d_proj})
 
 
 # --- MLP and block --------------------------------------------------------------------------------
 
 
-def mlp_backward(dout: np.ndarray, p: Params, acts: dict, layer: int) -> tuple[np.ndarray, Params]:
+def mlp_backward(dout: np.ndarray, p: Params, acts: dict, layer: int, frozen: bool = False,
+                 ) -> tuple[np.ndarray, Params]:
     """`mlp` mirrored: dout [..., T, C] -> (d its input [..., T, C], grads of c_fc and c_proj)."""
     name = f"blocks.{layer}.mlp"
-    dpost, dw_proj, db_proj = linear_backward(dout, acts[f"{name}.post"], p["c_proj"]["w"])  # [..., T, 4C]
+    dpost, d_proj = dense_backward(dout, acts[f"{name}.post"], p["c_proj"], frozen)  # [..., T, 4C]
     dpre = gelu_backward(dpost, acts[f"{name}.pre"])  # [..., T, 4C]
-    dx, dw_fc, db_fc = linear_backward(dpre, acts[f"blocks.{layer}.ln_2"], p["c_fc"]["w"])  # [..., T, C]
-    return dx, {"c_fc": {"w": dw_fc, "b": db_fc}, "c_proj": {"w": dw_proj, "b": db_proj}}
+    dx, d_fc = dense_backward(dpre, acts[f"blocks.{layer}.ln_2"], p["c_fc"], frozen)  # [..., T, C]
+    return dx, trained({"c_fc": d_fc, "c_proj": d_proj})
+
+
+def trained(grads: Params) -> Params:
+    """The grads without the entries of frozen parts (empty dicts), so that a LoRA run's grads have the
+    adapter's shape."""
+    return {k: v for k, v in grads.items() if not isinstance(v, dict) or v}
 
 
 def block_backward(dx: np.ndarray, p: Params, acts: dict, config: GPT2Config, layer: int,
-                   mask: np.ndarray | None, dropout: Dropout | None = None) -> tuple[np.ndarray, Params]:
+                   mask: np.ndarray | None, dropout: Dropout | None = None, frozen: bool = False,
+                   ) -> tuple[np.ndarray, Params]:
     """`block` mirrored: d its output [..., T, C] -> (d its input [..., T, C], grads of the block's params).
 
     Each residual connection x + f(x) passes dx straight through and adds what flows back through f
-    (through the forward's dropout mask first, if it had one).
+    (through the forward's dropout mask first, if it had one). `frozen`: the layer norms' gains and biases
+    and the base weights get no grads (a LoRA run), only the adapters do.
     """
     eps, name = config.layer_norm_epsilon, f"blocks.{layer}"
     # x = x_mid + dropout(mlp(ln_2(x_mid)))
     dh = dx if dropout is None else dropout_backward(dx, dropout.keep[f"{name}.mlp.out"], dropout.p)
-    dh, d_mlp = mlp_backward(dh, p["mlp"], acts, layer)  # [..., T, C]
+    dh, d_mlp = mlp_backward(dh, p["mlp"], acts, layer, frozen)  # [..., T, C]
     dh, dg_2, db_2 = layer_norm_backward(dh, acts[f"{name}.resid_mid"], p["ln_2"]["g"], eps)
     dx = dx + dh  # [..., T, C]: d x_mid
     # x_mid = x_pre + dropout(mha(ln_1(x_pre)))
     dh = dx if dropout is None else dropout_backward(dx, dropout.keep[f"{name}.attn.out"], dropout.p)
-    dh, d_attn = mha_backward(dh, p["attn"], acts, config.n_head, layer, mask, dropout)  # [..., T, C]
+    dh, d_attn = mha_backward(dh, p["attn"], acts, config.n_head, layer, mask, dropout, frozen)  # [..., T, C]
     dh, dg_1, db_1 = layer_norm_backward(dh, acts[f"{name}.resid_pre"], p["ln_1"]["g"], eps)
     dx = dx + dh  # [..., T, C]: d x_pre
+    if frozen:
+        return dx, trained({"attn": d_attn, "mlp": d_mlp})
     return dx, {"ln_1": {"g": dg_1, "b": db_1}, "attn": d_attn, "ln_2": {"g": dg_2, "b": db_2}, "mlp": d_mlp}
 
 
@@ -200,14 +230,19 @@ def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config, dr
 def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2Config, acts: dict,
                   dwte_head: np.ndarray | None = None, dropout: Dropout | None = None) -> Params:
     """`transformer` mirrored: dh (d the final layer norm's output) [..., T, C] -> grads of every parameter.
-    The tied head's share of dwte, if given, receives the embedding's share (and is the grads' "wte")."""
+    The tied head's share of dwte, if given, receives the embedding's share (and is the grads' "wte").
+    With a LoRA adapter attached (lora.attach), the base is frozen: the grads are the adapter's alone, and the
+    backward stops at the first block (the embeddings need no gradient)."""
+    frozen = has_adapter(params)
     T = ids.shape[-1]
     mask = causal_mask(T, T) if T > 1 else None
     x_last = acts[f"blocks.{config.n_layer - 1}.resid_post"]  # [..., T, C]: ln_f's input
     dx, dg, db = layer_norm_backward(dh, x_last, params["ln_f"]["g"], config.layer_norm_epsilon)
     blocks = [None] * config.n_layer
     for layer in reversed(range(config.n_layer)):
-        dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask, dropout)
+        dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask, dropout, frozen)
+    if frozen:
+        return {"blocks": blocks}
     if dropout is not None:
         dx = dropout_backward(dx, dropout.keep["embed"], dropout.p)  # [..., T, C]: the embeddings' dropout
     dwte, dwpe = embedding_backward(dx, ids, params, dwte_head)  # tied: wte is the embedding and the head
@@ -221,7 +256,8 @@ def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config:
     same masks: the exact gradient of the loss for the masks drawn. The grads are those of grad_scale x the
     loss: a micro-batch's share of a larger mean costs no extra pass over the gradient (train.step_gradient)."""
     h, acts = forward_for_backward(ids, params, config, dropout)  # [..., T, C]
-    loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets, grad_scale=grad_scale)
+    loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets, grad_scale=grad_scale,
+                                           head_grad=not has_adapter(params))
     del h  # [..., T, C]: no longer needed
     return loss, gpt2_backward(dh, ids, params, config, acts, dwte_head, dropout)
 

@@ -56,7 +56,7 @@ def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: 
                           repetition_penalty=repetition_penalty, seed=seed, num_samples=num_samples, min_p=min_p,
                           typical_p=typical_p, no_repeat_ngram_size=no_repeat_ngram_size,
                           min_new_tokens=min_new_tokens, stop=stop, tokenizer=tokenizer)
-    prompt, eot_id = check_prompt(model, ids, eot_id)
+    prompt, eot_id = check_prompt(model, ids, eot_id, max_new_tokens)
     check_memory(model.config, num_samples or 1, min(prompt.size + max_new_tokens, model.config.n_ctx))
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
                     repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -66,11 +66,11 @@ def stream(model, ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: 
                   stop_at_eot and eot_id is not None, num_samples, -1 if eot_id is None else eot_id, stops)
 
 
-def check_prompt(model, ids, eot_id: int | None) -> tuple[np.ndarray, int | None]:
+def check_prompt(model, ids, eot_id: int | None, max_new_tokens: int) -> tuple[np.ndarray, int | None]:
     """(the prompt as an int array [T], the end-of-text id), or a ValueError naming what is wrong."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"generate() takes token ids, not text; encode the text first: "
-                        f"model.generate(tok.encode({ids!r}), 40)")
+                        f"model.generate(tok.encode({ids!r}), {max_new_tokens})")
     prompt = np.asarray(ids)
     if prompt.ndim != 1 or prompt.size == 0:
         raise ValueError(f"the prompt must be a non-empty 1-D sequence of ids, got shape {prompt.shape}")
@@ -265,7 +265,7 @@ def generate_beams(model, ids, max_new_tokens: int, *, num_beams: int, length_pe
                           no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
                           num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
                           num_return_sequences=num_return_sequences, stop=stop, tokenizer=tokenizer)
-    prompt, eot_id = check_prompt(model, ids, eot_id)
+    prompt, eot_id = check_prompt(model, ids, eot_id, max_new_tokens)
     if prompt.size + max_new_tokens > model.config.n_ctx:
         raise ArgumentError("max_new_tokens", f"beam search keeps every beam's whole text in the model's context: "
                                               f"the prompt's {prompt.size} tokens + {max_new_tokens} must fit in "

@@ -227,7 +227,8 @@ HEAD_ROWS = 512  # rows of logits made at a time in the LM head: 103 MB at V = 5
 
 @tunes(backward.lm_head_and_loss)
 def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
-                     grad_scale: float = 1.0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+                     grad_scale: float = 1.0, head_grad: bool = True,
+                     ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Only rows with a target go through the head, HEAD_ROWS at a time,
     into one reused [HEAD_ROWS, V] buffer whose softmax and gradient are made in place; dwte is accumulated
     into one [V, C] array. At most one [HEAD_ROWS, V] array is alive, never [B*T, V]."""
@@ -237,7 +238,7 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
     n = len(rows)
     total = 0.0
     dh = np.zeros_like(h2) if backward else None  # [B*T, C]: ignored positions get no gradient
-    dwte = np.empty_like(wte) if backward else None  # [V, C], written by the first chunk's product
+    dwte = np.empty_like(wte) if backward and head_grad else None  # [V, C], written by the first chunk's product
     scratch = None  # [V, C] for the later chunks' products
     buffer = np.empty((min(n, HEAD_ROWS), len(wte)), dtype=h.dtype)  # [HEAD_ROWS, V]: every chunk's logits
     for i in range(0, n, HEAD_ROWS):
@@ -254,6 +255,8 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
             z[np.arange(len(t)), t] -= 1.0
             z *= np.full((len(t), 1), grad_scale / n, dtype=z.dtype)  # (softmax - onehot) / n: d loss / d logits
             dh[r] = z @ wte  # [n, C]
+            if not head_grad:
+                continue
             if i == 0:
                 np.matmul(z.T, x, out=dwte)  # [V, C]
             else:

@@ -14,9 +14,11 @@ from typing import Callable
 import numpy as np
 
 from . import backward
+from .adapter import AdapterError, is_adapter, read_adapter, read_adapter_config, write_adapter
 from .config import GPT2Config
 from .decoding import generate, stream
 from .load import load_model
+from .lora import LoraConfig, attach, check_lora, init_adapter, merge
 from .model import KVCache, check_ids, gpt2, recorder
 from .params import Params, check_params, flatten, init_params
 from .save import save_converted, save_huggingface
@@ -34,6 +36,10 @@ class GPT2:
     def __init__(self, config: GPT2Config, params: Params):
         self.config = config
         self.params = check_params(params, config)
+        self.base_params = self.params  # without an adapter, the params themselves
+        self.adapter: Params | None = None  # a LoRA adapter's matrices (lora.py), when one is attached
+        self.lora: LoraConfig | None = None
+        self.base_name = ""  # what the adapter was trained on, as its files name it
 
     @classmethod
     def init(cls, config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
@@ -41,13 +47,53 @@ class GPT2:
         return cls(config, init_params(config, seed, std))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "124M", verify_crc: bool = False) -> GPT2:
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "124M", verify_crc: bool = False,
+                        adapter: str | os.PathLike | None = None) -> GPT2:
         """A released model by name ("124M", "gpt2-xl", ...; downloaded and converted once, its checksums
         verified) or a directory: OpenAI's checkpoint files, a Hugging Face save_pretrained directory, or one
         written by `save`. `verify_crc=True` checks a TensorFlow checkpoint directory's tensor checksums too
-        (it reads every byte: about 3 s for 124M)."""
+        (it reads every byte: about 3 s for 124M). `adapter=DIR` attaches a LoRA adapter (minigpt2's or
+        PEFT's); a directory that is itself an adapter loads the base its adapter_config.json names."""
+        if adapter is None and is_adapter(name_or_path):
+            adapter, name_or_path = name_or_path, read_adapter_config(name_or_path)[1]
+            if not name_or_path:
+                raise AdapterError(f"{adapter} names no base model (base_model_name_or_path): load the base "
+                                   f"and pass the adapter, GPT2.from_pretrained(base, adapter={str(adapter)!r})")
         config, params = load_model(name_or_path, verify_crc=verify_crc)
-        return cls(config, params)
+        model = cls(config, params)
+        if adapter is not None:
+            model.attach_adapter(*read_adapter(adapter, config))
+        return model
+
+    # --- LoRA adapters ---
+
+    def add_adapter(self, lora: LoraConfig | None = None, seed: int = 0) -> GPT2:
+        """Attach a fresh LoRA adapter (lora.LoraConfig: rank 8, alpha 8, c_attn by default): from now on the
+        base weights are frozen and `loss_and_grads` returns the adapter's gradients alone."""
+        lora = check_lora(lora or LoraConfig(), self.config)
+        return self.attach_adapter(init_adapter(self.config, lora, seed), lora, self.base_name)
+
+    def attach_adapter(self, adapter: Params, lora: LoraConfig, base: str = "") -> GPT2:
+        """Attach an adapter (the tree `init_adapter` or `read_adapter` gives) to the base weights."""
+        self.adapter, self.lora, self.base_name = adapter, lora, base
+        self.params = attach(self.base_params, adapter, lora.scaling)
+        return self
+
+    def merge_adapter(self) -> GPT2:
+        """Fold the adapter into the weights, W + (alpha / r) B A, and detach it: the same function, a plain
+        model again (one that `save` writes and transformers reads)."""
+        if self.adapter is None:
+            raise ValueError("the model has no adapter to merge")
+        self.params = self.base_params = merge(self.base_params, self.adapter, self.lora.scaling)
+        self.adapter = self.lora = None
+        return self
+
+    def save_adapter(self, path: str | os.PathLike, base: str | None = None) -> None:
+        """Write the adapter in PEFT's layout (adapter_config.json, adapter_model.safetensors); `base` names the
+        base model in it (default: the name it was loaded with)."""
+        if self.adapter is None:
+            raise ValueError("the model has no adapter to save: model.add_adapter(...) first, or model.save(...)")
+        write_adapter(path, self.adapter, self.lora, self.base_name if base is None else base)
 
     def save(self, path: str | os.PathLike, tokenizer=None, *, format: str = "minigpt2", overwrite: bool = False,
              ) -> None:
@@ -61,6 +107,9 @@ class GPT2:
         touched. A directory holding another kind of model, or (for "huggingface") a Hugging Face model minigpt2
         did not export, is refused unless `overwrite=True`.
         """
+        if self.adapter is not None:
+            raise ValueError("the model carries a LoRA adapter: model.save_adapter(dir) writes it (PEFT's layout), "
+                             "or model.merge_adapter() first to save a plain model")
         files, eot_id = {}, None
         if tokenizer is None and format == "huggingface" and not (Path(path) / "vocab.json").is_file():
             raise ValueError("format='huggingface' without a tokenizer writes no vocab.json and merges.txt, so "
@@ -149,7 +198,8 @@ class GPT2:
 
     def loss_and_grads(self, ids, targets) -> tuple[float, Params]:
         """(mean next-token cross-entropy, its gradient): ids and targets [T] or [B, T] integers; a target of -1
-        marks a position without loss. grads has the structure, shapes and dtype of `params`.
+        marks a position without loss. grads has the structure, shapes and dtype of `params`; with an adapter
+        attached, of the adapter (the base is frozen).
 
         >>> model = GPT2.init(GPT2Config(n_vocab=10, n_ctx=8, n_embd=4, n_head=2, n_layer=1))
         >>> loss, grads = model.loss_and_grads([1, 2, 3], [2, 3, -1])
@@ -168,7 +218,9 @@ class GPT2:
 
     @property
     def num_params(self) -> int:
-        return sum(a.size for a in flatten(self.params).values())
+        return sum(a.size for a in flatten(self.base_params).values())
 
     def __repr__(self) -> str:
-        return f"GPT2({self.config}, {self.num_params / 1e6:.1f}M params)"
+        lora = "" if self.lora is None else \
+            f", LoRA r={self.lora.r} on {'/'.join(self.lora.targets)}: {sum(a.size for a in flatten(self.adapter).values()):,} trained"
+        return f"GPT2({self.config}, {self.num_params / 1e6:.1f}M params{lora})"

@@ -33,6 +33,7 @@ import numpy as np
 from .checks import is_whole
 from .config import GPT2Config
 from .dispatch import tunable
+from .lora import lora_delta
 from .ops import dropout, gelu, layer_norm, linear, softmax
 from .params import Params
 
@@ -49,6 +50,15 @@ def records_patterns(record: Record) -> bool:
     attention may run in query blocks (fast.py). A recorder that never keeps them says so with
     `record.patterns = False`."""
     return record is not keep and getattr(record, "patterns", True)
+
+
+def dense(x: np.ndarray, p: Params) -> np.ndarray:
+    """A linear layer from its params {"w" [out, in], "b" [out]}: x [..., in] -> [..., out]. With a LoRA
+    adapter beside them (lora.attach), its low-rank term is added: x w^T + b + s (x A^T) B^T."""
+    y = linear(x, p["w"], p["b"])
+    if "lora_A" in p:
+        y += lora_delta(x, p["lora_A"], p["lora_B"], p["lora_scaling"])
+    return y
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -95,7 +105,7 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
         record: Record = keep, dropout: Dropout | None = None) -> np.ndarray:
     """Masked multi-head self-attention: x [..., T, C] -> [..., T, C]."""
     name = f"blocks.{layer}.attn"
-    qkv = linear(x, **attn["c_attn"])  # [..., T, C] -> [..., T, 3C]: q, k, v in one product
+    qkv = dense(x, attn["c_attn"])  # [..., T, C] -> [..., T, 3C]: q, k, v in one product
     C = x.shape[-1]
     q, k, v = (split_heads(qkv[..., i * C : (i + 1) * C], n_head) for i in range(3))  # 3 x [..., H, T, D]
     q, k, v = record(f"{name}.q", q), record(f"{name}.k", k), record(f"{name}.v", v)
@@ -105,7 +115,7 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
     if dropout is not None:  # training: one mask over the whole pattern, whichever way it is computed
         drop, p = dropout.mask(f"{name}.pattern", (*q.shape[:-1], k.shape[-2])), dropout.p  # [..., H, T, S]
     z = record(f"{name}.z", attention(q, k, v, mask, record, name, drop, p))  # [..., H, T, D]: each head's output
-    return record(f"{name}.out", linear(merge_heads(z), **attn["c_proj"]))  # [..., T, C]
+    return record(f"{name}.out", dense(merge_heads(z), attn["c_proj"]))  # [..., T, C]
 
 
 # --- MLP and block --------------------------------------------------------------------------------
@@ -113,9 +123,9 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
 
 def mlp(x: np.ndarray, p: Params, layer: int, record: Record = keep) -> np.ndarray:
     """Position-wise MLP: x [..., T, C] -> [..., T, 4C] -> GELU -> [..., T, C]."""
-    h = record(f"blocks.{layer}.mlp.pre", linear(x, **p["c_fc"]))  # [..., T, 4C]
+    h = record(f"blocks.{layer}.mlp.pre", dense(x, p["c_fc"]))  # [..., T, 4C]
     h = record(f"blocks.{layer}.mlp.post", gelu(h))  # [..., T, 4C]
-    return record(f"blocks.{layer}.mlp.out", linear(h, **p["c_proj"]))  # [..., T, C]
+    return record(f"blocks.{layer}.mlp.out", dense(h, p["c_proj"]))  # [..., T, C]
 
 
 def block(x: np.ndarray, p: Params, config: GPT2Config, layer: int, cache: KVCache | None,
@@ -222,10 +232,12 @@ class KVCache:
 
     def reorder(self, rows) -> None:
         """Row i now holds what row rows[i] held, in place (beam search: each beam continues from the beam
-        it came from). Only the filled positions are moved."""
+        it came from). Only the rows that change and their filled positions are moved."""
+        rows = np.asarray(rows)
+        moved = np.flatnonzero(rows != np.arange(len(rows)))  # rows that continue another row
         S = self.length
-        self.k[:, :, :, :S] = self.k[:, rows, :, :S]  # [L, B, H, S, D]; the right side is a copy
-        self.v[:, :, :, :S] = self.v[:, rows, :, :S]
+        self.k[:, moved, :, :S] = self.k[:, rows[moved], :, :S]  # [L, m, H, S, D]; the right side is a copy
+        self.v[:, moved, :, :S] = self.v[:, rows[moved], :, :S]
 
     @property
     def nbytes(self) -> int:

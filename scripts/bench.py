@@ -45,7 +45,7 @@ def parse_args():
     p.add_argument("--skip-774m", action="store_true", help="skip the 774M fine-tuning memory check (13 GB)")
     p.add_argument("--only-evaluate", action="store_true", help="only the evaluation rows (transformers, and "
                    "--batch-size 1 / 8 / 64 on this shape and on the bundled tiny model)")
-    p.add_argument("--only-decode", action="store_true", help="only the decode rows (1 and 4 samples)")
+    p.add_argument("--only-decode", action="store_true", help="only the decode rows (1 and 4 samples, 4 beams)")
     p.add_argument("--only-tasks", action="store_true", help="only the task rows: scoring a 1,000-example choice "
                    "file, and a task-file training step against a text step of the same tokens")
     p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
@@ -489,6 +489,25 @@ def measure_batch_decode(model, prompt, hf_generate, rows, results) -> None:
     rows.append(("batch-4 vs 1-sample decode (minigpt2)", ours, single, ">= 3.0x"))
 
 
+def measure_beam_decode(model, prompt, hf, rows, results) -> None:
+    """Beam search with 4 beams (one batch through one KV cache), against transformers' beam search: new tokens
+    of the best hypothesis per second, every run the same length (min_new_tokens holds the end of text off)."""
+    n_new = ARGS.new_tokens
+    t_prompt = torch.from_numpy(prompt[None].astype(np.int64))
+
+    def hf_beams():
+        with torch.no_grad():
+            hf.generate(t_prompt, attention_mask=torch.ones_like(t_prompt), max_new_tokens=n_new,
+                        min_new_tokens=n_new, do_sample=False, num_beams=4, pad_token_id=0)
+
+    t = alternate({"minigpt2": lambda: model.generate(prompt, n_new, temperature=0, num_beams=4,
+                                                      min_new_tokens=n_new),
+                   "transformers": hf_beams}, ARGS.reps)
+    ours, ref = rate(n_new, t["minigpt2"]), rate(n_new, t["transformers"])
+    results["beam4_decode"] = {"minigpt2": ours, "transformers": ref}
+    rows.append(("beam-4 decode tokens/s", ours, ref, ">= 1.5x"))
+
+
 def main() -> int:
     reps, n_new = ARGS.reps, ARGS.new_tokens
     config = GPT2Config.from_name(ARGS.size)
@@ -540,6 +559,7 @@ def main() -> int:
 
     if ARGS.only_decode:
         measure_batch_decode(model, prompt, hf_generate, rows, results)
+        measure_beam_decode(model, prompt, hf, rows, results)
         print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)
         return 0
 
@@ -563,6 +583,7 @@ def main() -> int:
     rows.append(("prefill tokens/s (512, last logits)", ours, ref, ""))
 
     measure_batch_decode(model, prompt, hf_generate, rows, results)
+    measure_beam_decode(model, prompt, hf, rows, results)
 
     measure_evaluation(model, hf, rows, results)
     measure_tasks(model, hf, rows, results)

@@ -1,0 +1,233 @@
+"""LoRA: the adapted forward and the gradients of A and B equal PEFT on transformers under PyTorch autograd in
+float64; adapters written by either side load in the other with equal logits; merged equals unmerged; bad
+adapters and settings are named."""
+
+import json
+
+import numpy as np
+import pytest
+
+from minigpt2 import GPT2, GPT2Config
+from minigpt2.adapter import AdapterError, read_adapter, write_adapter
+from minigpt2.config import ArgumentError
+from minigpt2.lora import LoraConfig, init_adapter, lora_delta, lora_delta_backward
+from minigpt2.params import flatten
+
+from .test_backward import check_against_finite_differences
+
+
+def require(name):
+    return pytest.importorskip(name, reason=f"{name} is the reference here: pip install -e '.[reference]'")
+
+
+# PEFT 0.21 reads a property transformers 5 has deprecated; a warning from the references, not from minigpt2
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+CONFIG = GPT2Config(n_vocab=97, n_ctx=32, n_embd=48, n_head=4, n_layer=2)
+EVERY = ("c_attn", "c_proj", "c_fc")
+
+
+def adapted(targets=("c_attn",), r=4, alpha=8.0, seed=0, std=0.2):
+    """A random model with an adapter whose B is not zero (a fresh B is, and would hide half the math)."""
+    model = GPT2.init(CONFIG, seed=seed, std=std)
+    model.add_adapter(LoraConfig(r=r, alpha=alpha, targets=targets), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for block in model.adapter["blocks"]:
+        for layers in block.values():
+            for ab in layers.values():
+                ab["lora_B"][...] = rng.standard_normal(ab["lora_B"].shape) * 0.3
+    return model
+
+
+def peft_twin(model, dtype="float32"):
+    """transformers' GPT2LMHeadModel with the same base weights, wrapped by PEFT with the same adapter."""
+    torch = require("torch")
+    peft = require("peft")
+    from .reference import hf_model
+
+    hf = hf_model(GPT2(model.config, model.base_params))
+    cfg = peft.LoraConfig(r=model.lora.r, lora_alpha=model.lora.alpha, lora_dropout=0.0,
+                          target_modules=list(model.lora.targets), fan_in_fan_out=True, bias="none",
+                          task_type="CAUSAL_LM")
+    twin = peft.get_peft_model(hf, cfg).to(getattr(torch, dtype))
+    state = {}
+    for i, block in enumerate(model.adapter["blocks"]):
+        for group, layers in block.items():
+            for layer, ab in layers.items():
+                for which in "AB":
+                    state[f"base_model.model.transformer.h.{i}.{group}.{layer}.lora_{which}.default.weight"] = \
+                        torch.from_numpy(np.array(ab[f"lora_{which}"], dtype=np.float64))
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert not [m for m in missing if "lora_" in m], "every LoRA matrix set"
+    twin.eval()
+    return twin
+
+
+def test_a_fresh_adapter_is_peft_initialised_and_changes_nothing():
+    model = GPT2.init(CONFIG, seed=1, std=0.2)
+    ids = np.arange(10)
+    before = model(ids)
+    model.add_adapter(LoraConfig(r=8, targets=EVERY), seed=0)
+    np.testing.assert_array_equal(model(ids), before)  # B = 0
+    a = model.adapter["blocks"][0]["mlp"]["c_proj"]["lora_A"]  # [r, in = 4C]
+    assert a.shape == (8, 4 * 48) and np.abs(a).max() <= 1 / np.sqrt(4 * 48)
+    assert np.abs(a).max() > 0.9 / np.sqrt(4 * 48), "uniform over the whole kaiming bound"
+    assert set(model.adapter["blocks"][0]) == {"attn", "mlp"}
+    assert set(model.adapter["blocks"][0]["attn"]) == {"c_attn", "c_proj"}, "c_proj names both projections"
+
+
+def test_the_low_rank_term_and_its_backward_against_finite_differences():
+    rng = np.random.default_rng(0)
+    x, a, b = rng.standard_normal((2, 5, 6)), rng.standard_normal((3, 6)), rng.standard_normal((7, 3))
+    w = rng.standard_normal((2, 5, 7))
+    dx, da, db = lora_delta_backward(w, x, a, b, 1.5)
+    check_against_finite_differences(lambda: (w * lora_delta(x, a, b, 1.5)).sum(),
+                                     {"x": x, "a": a, "b": b}, {"x": dx, "a": da, "b": db})
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("targets", [("c_attn",), EVERY])
+def test_lora_forward_and_gradients_equal_peft_under_autograd(targets):
+    """float64 on both sides: logits to 1e-10, the loss and every dA, dB to 2e-4 of its scale (as the full
+    backward); the base receives no gradient."""
+    torch = require("torch")
+    from minigpt2.lora import attach
+    from minigpt2.params import unflatten
+
+    model = adapted(targets)
+
+    base64 = unflatten({k: v.astype(np.float64) for k, v in flatten(model.base_params).items()})
+    adapter64 = unflatten({k: v.astype(np.float64) for k, v in flatten(model.adapter).items()})
+    params64 = attach(base64, adapter64, model.lora.scaling)
+    twin = peft_twin(model, "float64")
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 97, (2, 12))
+    targets = np.where(rng.random((2, 12)) < 0.2, -1, rng.integers(0, 97, (2, 12)))
+    from minigpt2 import backward, reference_mode
+    from minigpt2.model import gpt2
+
+    with reference_mode():
+        logits = gpt2(ids, params64, model.config)
+        loss, grads = backward.loss_and_grads(ids, targets, params64, model.config)
+    out = twin(torch.from_numpy(ids)).logits
+    np.testing.assert_allclose(logits, out.detach().numpy(), rtol=0, atol=1e-10)
+    ref_loss = torch.nn.functional.cross_entropy(out.reshape(-1, 97), torch.from_numpy(targets).reshape(-1),
+                                                 ignore_index=-1)
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-10)
+    named = dict(twin.named_parameters())
+    flat = flatten(grads)
+    assert set(flat) == set(flatten(model.adapter)), "the grads are the adapter's, nothing of the base"
+    for name, g in flat.items():
+        i, group, layer, which = name.split(".")[1], *name.split(".")[2:4], name.split(".")[-1]
+        ref = named[f"base_model.model.transformer.h.{i}.{group}.{layer}.{which}.default.weight"].grad.numpy()
+        np.testing.assert_allclose(g, ref, rtol=0, atol=2e-4 * np.abs(ref).max(), err_msg=name)
+    assert all(p.grad is None for n, p in named.items() if "lora_" not in n), "PEFT freezes the base too"
+
+
+def test_tuned_and_textbook_lora_gradients_agree():
+    from minigpt2 import reference_mode
+
+    model = adapted(EVERY)
+    rng = np.random.default_rng(4)
+    ids, targets = rng.integers(0, 97, (2, 20)), rng.integers(0, 97, (2, 20))
+    with reference_mode():
+        ref_loss, ref = model.loss_and_grads(ids, targets)
+    loss, grads = model.loss_and_grads(ids, targets)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for k, g in flatten(ref).items():
+        np.testing.assert_allclose(flatten(grads)[k], g, rtol=0, atol=1e-4 * np.abs(g).max(), err_msg=k)
+
+
+def test_merged_equals_unmerged():
+    model = adapted(EVERY)
+    ids = np.arange(16)
+    unmerged = model(ids)
+    model.merge_adapter()
+    assert model.adapter is None
+    np.testing.assert_allclose(model(ids), unmerged, rtol=0, atol=2e-5 * np.abs(unmerged).max())
+
+
+@pytest.mark.reference
+def test_an_adapter_written_by_minigpt2_loads_in_peft(tmp_path):
+    torch = require("torch")
+    peft = require("peft")
+    from .reference import hf_model
+
+    model = adapted(EVERY)
+    model.save_adapter(tmp_path / "adapter", base="random-test-base")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["fan_in_fan_out"] is True and config["base_model_name_or_path"]
+    hf = hf_model(GPT2(model.config, model.base_params))
+    loaded = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    ids = np.arange(20)
+    with torch.no_grad():
+        theirs = loaded(torch.from_numpy(ids[None])).logits[0].numpy()
+    np.testing.assert_allclose(model(ids), theirs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.reference
+def test_an_adapter_written_by_peft_loads_in_minigpt2(tmp_path):
+    torch = require("torch")
+    model = adapted(("c_attn", "c_fc"), r=6, alpha=12.0)
+    twin = peft_twin(model)
+    twin.save_pretrained(tmp_path / "peft-adapter")
+    adapter, lora, _ = read_adapter(tmp_path / "peft-adapter", model.config)
+    assert (lora.r, lora.alpha, lora.targets) == (6, 12.0, ("c_attn", "c_fc"))
+    ours = GPT2(model.config, model.base_params).attach_adapter(adapter, lora)
+    ids = np.arange(20)
+    with torch.no_grad():
+        theirs = twin(torch.from_numpy(ids[None])).logits[0].numpy()
+    np.testing.assert_allclose(ours(ids), theirs, rtol=0, atol=1e-4)
+
+
+def test_an_adapter_directory_finds_its_base(tmp_path):
+    base = GPT2.init(CONFIG, seed=5, std=0.2)
+    base.save(tmp_path / "base")
+    model = GPT2.from_pretrained(tmp_path / "base").add_adapter(LoraConfig(r=2), seed=1)
+    model.adapter["blocks"][1]["attn"]["c_attn"]["lora_B"][...] = 0.5
+    model.save_adapter(tmp_path / "adapter", base=str(tmp_path / "base"))
+    again = GPT2.from_pretrained(tmp_path / "adapter")
+    np.testing.assert_array_equal(again(np.arange(9)), model(np.arange(9)))
+    also = GPT2.from_pretrained(tmp_path / "base", adapter=tmp_path / "adapter")
+    np.testing.assert_array_equal(also(np.arange(9)), model(np.arange(9)))
+    with pytest.raises(ValueError, match="save_adapter"):
+        model.save(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("lora, name", [
+    (LoraConfig(r=0), "lora_rank"),
+    (LoraConfig(r=49), "lora_rank"),
+    (LoraConfig(alpha=-1.0), "lora_alpha"),
+    (LoraConfig(dropout=1.0), "lora_dropout"),
+    (LoraConfig(targets=("q_proj",)), "lora_targets"),
+])
+def test_bad_lora_settings_are_named(lora, name):
+    with pytest.raises(ArgumentError) as e:
+        GPT2.init(CONFIG).add_adapter(lora)
+    assert e.value.name == name
+
+
+def test_an_adapter_for_another_base_or_of_another_kind_is_refused(tmp_path):
+    model = adapted(EVERY)
+    write_adapter(tmp_path / "a", model.adapter, model.lora, "base")
+    with pytest.raises(AdapterError, match="made for another base"):
+        read_adapter(tmp_path / "a", GPT2Config(n_vocab=97, n_ctx=32, n_embd=64, n_head=4, n_layer=2))
+    with pytest.raises(AdapterError, match="missing"):
+        read_adapter(tmp_path / "a", GPT2Config(n_vocab=97, n_ctx=32, n_embd=48, n_head=4, n_layer=3))
+    with pytest.raises(AdapterError, match="belongs to no layer"):
+        read_adapter(tmp_path / "a", GPT2Config(n_vocab=97, n_ctx=32, n_embd=48, n_head=4, n_layer=1))
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    for change, message in (({"peft_type": "IA3"}, "IA3 adapter"), ({"use_dora": True}, "use_dora"),
+                            ({"target_modules": ["q_proj"]}, "q_proj")):
+        (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(AdapterError, match=message):
+            read_adapter(tmp_path / "a", CONFIG)
+
+
+def test_init_is_reproducible_and_depends_on_the_seed():
+    lora = LoraConfig(r=4, targets=EVERY)
+    a, b, c = (flatten(init_adapter(CONFIG, lora, s)) for s in (0, 0, 1))
+    assert all(np.array_equal(a[k], b[k]) for k in a) and not np.array_equal(a["blocks.0.attn.c_attn.lora_A"],
+                                                                              c["blocks.0.attn.c_attn.lora_A"])
