@@ -38,6 +38,19 @@ def is_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def adapter_base(model: str | None, adapter: str | None) -> str | None:
+    """The base model a command loads: `model` if given, else the base an --adapter's config names."""
+    if model is not None or adapter is None:
+        return model
+    try:
+        base = read_adapter_config(adapter)[1]
+    except AdapterError as e:
+        raise AdapterError(f"--adapter {e}") from None
+    if not base:
+        raise AdapterError(f"--adapter {adapter} names no base model: pass --model")
+    return base
+
+
 def tensor_name(block: int, group: str, layer: str, which: str) -> str:
     """PEFT's name of one LoRA matrix ("A" or "B") of block `block`'s `group`.`layer`."""
     return f"{PREFIX}{block}.{group}.{layer}.lora_{which}.weight"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .adapter import AdapterError
 from .cli import Parser, command, parse_in_one_process
 from .download import DownloadError
 from .gpt2 import GPT2
@@ -25,13 +26,27 @@ def export_main(argv: list[str] | None = None) -> int:
     p = Parser(prog="minigpt2-export", description="Write a model in Hugging Face's GPT-2 layout.")
     p.add_argument("model", help="124M, ..., or a model directory (OpenAI, Hugging Face, minigpt2)")
     p.add_argument("dest", help="the directory to write config.json, model.safetensors, vocab.json, merges.txt into")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter on MODEL (needs --merge)")
+    p.add_argument("--merge", action="store_true", help="fold the LoRA adapter (--adapter, or MODEL itself when it "
+                   "is an adapter or a LoRA run) into the weights, W + (alpha / r) B A, and write a plain model")
     p.add_argument("--overwrite", action="store_true", help="write even where another model is: other formats' "
                    "files stay beside ours; a Hugging Face model minigpt2 did not export is replaced")
     args = parse_in_one_process(p, argv)
     try:
-        model = GPT2.from_pretrained(args.model)
         try:
-            tok = Tokenizer.from_pretrained(args.model)
+            model = GPT2.from_pretrained(args.model, adapter=args.adapter)
+        except AdapterError as e:
+            raise AdapterError(f"--adapter {e}" if args.adapter else f"MODEL {e}") from None
+        if model.adapter is not None and not args.merge:
+            raise ValueError("MODEL carries a LoRA adapter: pass --merge to fold it into the weights (the adapter "
+                             "itself is already in PEFT's layout)")
+        if args.merge and model.adapter is None:
+            raise ValueError("--merge: there is no LoRA adapter to merge (give --adapter DIR, or an adapter as MODEL)")
+        name = model.base_name if args.adapter is None and model.adapter is not None else args.model
+        if model.adapter is not None:
+            model.merge_adapter()
+        try:
+            tok = Tokenizer.from_pretrained(name)
         except FileNotFoundError:
             tok = False  # a model saved without its vocabulary: the weights alone, said below
             print(f"minigpt2-export: {args.model} holds no vocabulary; writing the weights alone", file=sys.stderr)

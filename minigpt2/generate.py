@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from .cli import Parser, command, fail, parse_in_one_process
+from .adapter import AdapterError, adapter_base
 from .config import ArgumentError
 from .decoding import StopStrings, check_generation_args, generate, stream
 from .download import DownloadError, unavailable_message
@@ -32,6 +33,8 @@ def generate_parser() -> argparse.ArgumentParser:
                    "downloaded once; tiny, the small model bundled with minigpt2; or a directory with OpenAI, Hugging "
                    "Face or minigpt2 files (default 124M, or tiny, saying so, when 124M is neither cached nor "
                    "downloadable)")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter (minigpt2's run directory or "
+                   "PEFT's) on --model, by default the base its adapter_config.json names")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 = greedy (default 1, "
                    "and 0 with --num-beams)")
@@ -82,7 +85,7 @@ def generate_main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="replace")
     try:
         prompt = read_prompt(args.prompt)
-        model, name = generation_model(args.model)
+        model, name = generation_model(adapter_base(args.model, args.adapter), args.adapter)
         tok = model_tokenizer(name, model.config.n_vocab)
         eot_id = tok.special_tokens.get(ENDOFTEXT)
         if not prompt and eot_id is None:
@@ -130,15 +133,17 @@ def read_prompt(arg: str) -> str:
 DEFAULT_MODEL, FALLBACK_MODEL = "124M", "tiny"
 
 
-def generation_model(name: str | None) -> tuple[GPT2, str]:
+def generation_model(name: str | None, adapter: str | None = None) -> tuple[GPT2, str]:
     """(the model, its name): `name`, or by default GPT-2 124M, and when that is neither cached nor downloadable
-    the bundled model, said in one line on stderr. A model named explicitly is never replaced: a DownloadError
-    becomes the one line that says how to get it."""
+    the bundled model, said in one line on stderr. A model named explicitly, or one an adapter needs, is never
+    replaced: a DownloadError becomes the one line that says how to get it."""
     try:
-        return GPT2.from_pretrained(name or DEFAULT_MODEL), name or DEFAULT_MODEL
+        return GPT2.from_pretrained(name or DEFAULT_MODEL, adapter=adapter), name or DEFAULT_MODEL
+    except AdapterError as e:
+        raise AdapterError(f"--adapter {e}") from None
     except DownloadError as e:
         line = unavailable_message(name or DEFAULT_MODEL, e)
-        if name is not None:
+        if name is not None or adapter is not None:
             raise DownloadError(line) from None
     print(f"minigpt2-generate: {line}. The text below is by minigpt2's bundled model '{FALLBACK_MODEL}' (a small "
           "model trained on Python's documentation), not by GPT-2", file=sys.stderr)

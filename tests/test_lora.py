@@ -231,3 +231,68 @@ def test_init_is_reproducible_and_depends_on_the_seed():
     a, b, c = (flatten(init_adapter(CONFIG, lora, s)) for s in (0, 0, 1))
     assert all(np.array_equal(a[k], b[k]) for k in a) and not np.array_equal(a["blocks.0.attn.c_attn.lora_A"],
                                                                               c["blocks.0.attn.c_attn.lora_A"])
+
+
+# --- the command lines ----------------------------------------------------------------------------------
+
+
+def run_cli(command, *args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", f"minigpt2.{command}", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120,
+                          env={"MINIGPT2_BASE_URL": "http://127.0.0.1:9/", "PATH": ""})
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    """An adapter on the bundled model, with a B large enough to change its text."""
+    d = tmp_path_factory.mktemp("lora-cli")
+    model = GPT2.from_pretrained("tiny").add_adapter(LoraConfig(r=4, targets=("c_attn", "c_fc")), seed=0)
+    rng = np.random.default_rng(0)
+    for block in model.adapter["blocks"]:
+        for layers in block.values():
+            for ab in layers.values():
+                ab["lora_B"][...] = rng.standard_normal(ab["lora_B"].shape) * 0.3
+    model.save_adapter(d / "adapter", base="tiny")
+    return model, d
+
+
+def test_generate_evaluate_and_export_take_an_adapter(tiny_adapter):
+    from minigpt2 import Tokenizer
+
+    model, d = tiny_adapter
+    tok = Tokenizer.from_pretrained("tiny")
+    prompt = "The return value of the function is"
+    expected = tok.decode(model.generate(tok.encode(prompt), 16, temperature=0))
+    r = run_cli("generate", prompt, "--adapter", str(d / "adapter"), "--temperature", "0", "--max-new-tokens", "16")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected + "\n"
+    assert expected != tok.decode(GPT2.from_pretrained("tiny").generate(tok.encode(prompt), 16, temperature=0))
+    r = run_cli("export", str(d / "adapter"), str(d / "merged"))
+    assert r.returncode == 2 and "--merge" in r.stderr
+    r = run_cli("export", str(d / "adapter"), str(d / "merged"), "--merge")
+    assert r.returncode == 0, r.stderr
+    merged = GPT2.from_pretrained(d / "merged")
+    assert merged.adapter is None
+    ids = np.array(tok.encode(prompt))
+    np.testing.assert_allclose(merged(ids), model(ids), rtol=0, atol=1e-4)
+    (d / "text.txt").write_text(prompt + " called with the arguments given.\n")
+    adapted = run_cli("evaluate", str(d / "text.txt"), "--adapter", str(d / "adapter"), "--json")
+    plain = run_cli("evaluate", str(d / "text.txt"), "--model", str(d / "merged"), "--json")
+    assert adapted.returncode == plain.returncode == 0, adapted.stderr + plain.stderr
+    assert json.loads(adapted.stdout)["nll"] == pytest.approx(json.loads(plain.stdout)["nll"], rel=1e-5)
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate", "export"])
+def test_a_bad_adapter_is_one_line_naming_the_flag(tiny_adapter, command, tmp_path):
+    _, d = tiny_adapter
+    (tmp_path / "x.txt").write_text("hello")
+    first = {"generate": ["hi"], "evaluate": [str(tmp_path / "x.txt")], "export": ["tiny", str(tmp_path / "out")]}
+    r = run_cli(command, *first[command], "--adapter", str(tmp_path / "nothing"), "--model" if command != "export"
+                else "--merge", *(["tiny"] if command != "export" else []))
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip() and "%|" not in x]
+    assert len(lines) == 1 and "--adapter" in lines[0] and "adapter_config.json" in lines[0], r.stderr

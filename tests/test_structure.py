@@ -54,10 +54,10 @@ ALLOWED = {
     "train": {"train.data", "train.loop", "train.rundir", "train.settings", "train.step", "train.stop"},
     # the command lines: what they share (cli), then one file a command, then the list of them
     "cli": {"config", "distributed", "version"},
-    "generate": {"cli", "config", "decoding", "download", "files", "gpt2", "tf_checkpoint", "tokenizer", "vocab"},
+    "generate": {"adapter", "cli", "config", "decoding", "download", "files", "gpt2", "tf_checkpoint", "tokenizer", "vocab"},
     "train.__main__": {"cli", "distributed", "download", "tf_checkpoint", "train"},
-    "evaluate.__main__": {"cli", "download", "evaluate", "gpt2", "tasks", "tf_checkpoint", "tokenizer"},
-    "export": {"cli", "download", "gpt2", "save", "tf_checkpoint", "tokenizer"},
+    "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "gpt2", "tasks", "tf_checkpoint", "tokenizer"},
+    "export": {"adapter", "cli", "download", "gpt2", "save", "tf_checkpoint", "tokenizer"},
     "__init__": {"config", "dispatch", "fast", "gpt2", "model", "tokenizer", "version"},
     "__main__": {"evaluate.__main__", "export", "generate", "train.__main__", "version"},
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..adapter import AdapterError, adapter_base
 from ..cli import Parser, command, fail, parse_in_one_process
 from ..download import DownloadError
 from ..gpt2 import GPT2
@@ -22,7 +23,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     p = Parser(prog="minigpt2-evaluate", description="Perplexity and bits per byte of text files, or the scores "
                "of .jsonl task files (NLL, exact match; accuracy for multiple choice), under GPT-2.")
     p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files, or .jsonl task files")
-    p.add_argument("--model", default="124M", help="124M, ..., or a model directory (default 124M)")
+    p.add_argument("--model", default=None, help="124M, ..., or a model directory (default 124M)")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter on --model (default: the base "
+                   "its adapter_config.json names)")
     p.add_argument("--context", type=int, default=None, help="tokens the model reads per window (default n_ctx)")
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default context // 2)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
@@ -34,9 +37,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         texts = [read_task_file(f) if is_task_file(f) else read_text(f) for f in args.files]  # all good first
         check_batch_size(args.batch_size)
-        model = GPT2.from_pretrained(args.model)
+        name = adapter_base(args.model, args.adapter) or "124M"
+        try:
+            model = GPT2.from_pretrained(name, adapter=args.adapter)
+        except AdapterError as e:
+            raise AdapterError(f"--adapter {e}") from None
         context, stride = check_windows(args.context, args.stride, model.config.n_ctx)  # before any scoring
-        tok = Tokenizer.from_pretrained(args.model)
+        tok = Tokenizer.from_pretrained(name)
     except (OSError, ValueError, CheckpointError, DownloadError) as e:
         return fail("minigpt2-evaluate", e)
     for path, text in zip(args.files, texts):
