@@ -10,7 +10,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_there_are_notebooks():
     assert [p.stem for p in NOTEBOOKS] == ["00_forward", "01_tokenizer", "02_attention", "03_generation", "04_checkpoint",
-                                          "05_training", "06_induction_heads", "07_tasks", "08_data_parallel", "09_chinese"]
+                                          "05_training", "06_induction_heads", "07_tasks", "08_data_parallel", "09_chinese",
+                                          "10_lora"]
 
 
 @pytest.mark.slow
