@@ -56,9 +56,10 @@ def tensor_name(block: int, group: str, layer: str, which: str) -> str:
     return f"{PREFIX}{block}.{group}.{layer}.lora_{which}.weight"
 
 
-def write_adapter(path: str | os.PathLike, adapter: Params, lora: LoraConfig, base: str) -> None:
-    """Write the adapter into directory `path` (created if needed): its config, then its tensors, each file
-    atomically."""
+def write_adapter(path: str | os.PathLike, adapter: Params, lora: LoraConfig, base: str,
+                  metadata: dict[str, str] | None = None) -> None:
+    """Write the adapter into directory `path` (created if needed): its tensors (with `metadata` beside PEFT's
+    own), then its config, each file atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {tensor_name(i, group, layer, which): np.ascontiguousarray(ab[f"lora_{which}"], dtype=np.float32)
@@ -69,7 +70,7 @@ def write_adapter(path: str | os.PathLike, adapter: Params, lora: LoraConfig, ba
               "bias": "none", "base_model_name_or_path": base, "inference_mode": True, "use_rslora": False,
               "use_dora": False, "modules_to_save": None, "init_lora_weights": True, "revision": None,
               "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {}}
-    write_atomically(path / WEIGHTS, lambda f: write_safetensors(f, tensors, {"format": "pt"}))
+    write_atomically(path / WEIGHTS, lambda f: write_safetensors(f, tensors, {"format": "pt", **(metadata or {})}))
     text = json.dumps(config, indent=2) + "\n"
     write_atomically(path / CONFIG, lambda f: f.write(text.encode()))
 

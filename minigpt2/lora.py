@@ -119,6 +119,20 @@ def adapter_of(params: Params) -> Params:
                        for block in params["blocks"]]}
 
 
+def base_of(params: Params) -> Params:
+    """An attached tree without its adapter: the base model's params (the same arrays)."""
+    def plain(layer):
+        return {k: v for k, v in layer.items() if not k.startswith("lora_")} if isinstance(layer, dict) else layer
+    blocks = [{g: {n: plain(x) for n, x in group.items()} if isinstance(group, dict) else group
+               for g, group in block.items()} for block in params["blocks"]]
+    return {**params, "blocks": blocks}
+
+
+def trainable(params: Params) -> Params:
+    """What a run trains: the adapter of an attached tree (its base is frozen), else every parameter."""
+    return adapter_of(params) if has_adapter(params) else params
+
+
 def lora_delta(x: np.ndarray, a: np.ndarray, b: np.ndarray, scaling: float) -> np.ndarray:
     """The adapter's term s * (x A^T) B^T: x [..., in] -> [..., out], through the rank-r bottleneck [..., r]."""
     h = x @ a.T  # [..., r]

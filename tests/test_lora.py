@@ -296,3 +296,103 @@ def test_a_bad_adapter_is_one_line_naming_the_flag(tiny_adapter, command, tmp_pa
     assert r.returncode == 2
     lines = [x for x in r.stderr.splitlines() if x.strip() and "%|" not in x]
     assert len(lines) == 1 and "--adapter" in lines[0] and "adapter_config.json" in lines[0], r.stderr
+
+
+# --- training an adapter ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lora-train")
+    (d / "t.txt").write_text("The owl of the library is named Minerva. Every night Minerva counts the books. " * 80)
+    rows = [{"prompt": f"{a} + {b} =", "completion": f" {a + b}"} for a in range(10) for b in range(10)]
+    (d / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def train_args(d, out, data="t.txt", steps=8, *more):
+    return ["--data", str(d / data), "--out", str(out), "--init", "tiny", "--lora-rank", "4", "--lora-targets",
+            "c_attn,c_fc", "--steps", str(steps), "--batch-size", "4", "--block-size", "32", "--eval-every", "4",
+            "--eval-batches", "2", "--save-every", "4", "--lr", "3e-3", "--min-lr", "3e-3", "--warmup-steps", "0",
+            *more]  # a constant learning rate: a run extended from 4 to 8 steps is the run of 8
+
+
+def adapter_arrays(out):
+    from minigpt2.safetensors import read_safetensors
+
+    return {k: np.array(v) for k, v in read_safetensors(out / "adapter_model.safetensors")[0].items()}
+
+
+def test_a_lora_run_trains_the_adapter_alone_and_resumes_bit_exact(lora_data, tmp_path):
+    from minigpt2.train.__main__ import train_main
+
+    assert train_main(train_args(lora_data, tmp_path / "straight", steps=8)) == 0
+    assert train_main(train_args(lora_data, tmp_path / "halves", steps=4)) == 0
+    assert train_main(["--out", str(tmp_path / "halves"), "--resume", "--steps", "8"]) == 0
+    a, b = adapter_arrays(tmp_path / "straight"), adapter_arrays(tmp_path / "halves")
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a), "resumed bit for bit"
+    assert not (tmp_path / "straight" / "minigpt2.safetensors").exists(), "the base is not copied into the run"
+    from minigpt2.safetensors import read_safetensors
+
+    state = read_safetensors(tmp_path / "straight" / "optimizer-8.safetensors")[0]
+    assert {k.split(".", 1)[1] for k in state} == {k for k in flatten(GPT2.from_pretrained(tmp_path / "straight").adapter)}
+    log = [json.loads(x) for x in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    losses = [r["val_loss"] for r in log if "val_loss" in r]
+    assert losses[-1] < losses[0], "the adapter learns"
+    trained = GPT2.from_pretrained(tmp_path / "straight")  # the run directory is an adapter on its base
+    assert trained.lora.r == 4 and trained.lora.targets == ("c_attn", "c_fc")
+    best = GPT2.from_pretrained(tmp_path / "straight" / "best")
+    assert best.adapter is not None
+
+
+def test_a_lora_run_on_a_task_file_and_from_an_adapter(lora_data, tmp_path):
+    from minigpt2.train.__main__ import train_main
+
+    assert train_main(train_args(lora_data, tmp_path / "task", "task.jsonl", 4)) == 0
+    more = ["--data", str(lora_data / "t.txt"), "--out", str(tmp_path / "more"), "--init", "tiny", "--steps", "2",
+            "--batch-size", "2", "--block-size", "32", "--init-adapter", str(tmp_path / "task")]
+    assert train_main(more) == 0
+    assert GPT2.from_pretrained(tmp_path / "more").lora == GPT2.from_pretrained(tmp_path / "task").lora
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lora-rank", "0"], "--lora-rank"),
+    (["--lora-rank", "500"], "--lora-rank"),
+    (["--lora-rank", "4", "--lora-targets", "q_proj"], "--lora-targets"),
+    (["--lora-rank", "4", "--lora-alpha", "-2"], "--lora-alpha"),
+    (["--lora-alpha", "16"], "--lora-alpha"),
+    (["--lora-rank", "4", "--lora-dropout", "0.1"], "--lora-dropout"),
+    (["--lora-rank", "4", "--init", "scratch", "--tokenizer", "tiny"], "--init scratch"),
+    (["--init-adapter", "/nonexistent/adapter"], "--init-adapter"),
+])
+def test_bad_lora_flags_get_one_line(lora_data, tmp_path, flags, named):
+    base = ["--data", str(lora_data / "t.txt"), "--out", str(tmp_path / "bad"), "--steps", "2", "--block-size", "32"]
+    r = run_cli("train", *base, *(["--init", "tiny"] if "--init" not in flags else []), *flags)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip() and "%|" not in x]
+    assert len(lines) == 1 and named in lines[0], r.stderr
+
+
+def test_init_adapter_flags_that_disagree_are_refused(lora_data, tmp_path):
+    from minigpt2.train.__main__ import train_main
+
+    assert train_main(train_args(lora_data, tmp_path / "first", steps=2)) == 0
+    r = run_cli("train", "--data", str(lora_data / "t.txt"), "--out", str(tmp_path / "second"), "--init", "tiny",
+                "--init-adapter", str(tmp_path / "first"), "--lora-rank", "8", "--steps", "2")
+    assert r.returncode == 2 and "--lora-rank 8 disagrees" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_lora_run_over_two_mpi_ranks_equals_one_process(lora_data, tmp_path):
+    """Under MPI the adapters' gradients are what the ranks exchange (and their AdamW moments are split)."""
+    import subprocess
+
+    from .test_distributed import REPO, train_cmd
+
+    for n, name in ((1, "one"), (2, "two")):
+        r = subprocess.run(train_cmd(n, *train_args(lora_data, tmp_path / name, steps=6)), capture_output=True,
+                           cwd=REPO, timeout=300)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+    a, b = adapter_arrays(tmp_path / "one"), adapter_arrays(tmp_path / "two")
+    for k in a:  # float32 sums in another order, then a few AdamW steps
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=2e-4, err_msg=k)

@@ -50,7 +50,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (default 1)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default 200)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4 from scratch, "
-                   "3e-5 fine-tuning)")
+                   "3e-5 fine-tuning, 2e-4 for a LoRA adapter)")
     p.add_argument("--min-lr", type=float, default=None, help="learning rate at the last step (default lr / 10)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default steps / 20)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's, on 2-D tensors (default 0.1)")
@@ -68,6 +68,15 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="threads for NumPy's matrix products (default 1 for "
                    "n_embd <= 256, where sharing a product costs more than it gives, else every core; more than the cores is "
                    "said and capped)")
+    p.add_argument("--lora-rank", type=int, default=None, help="train a LoRA adapter of this rank instead of every "
+                   "weight: the --init model stays frozen (memory-mapped); the run saves the adapter in PEFT's "
+                   "layout (docs/lora.md)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="the adapter's scaling is alpha / rank (default 8)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (only 0 for now)")
+    p.add_argument("--lora-targets", default=None, help="layers to adapt, comma-separated: c_attn, c_proj (both "
+                   "projections), c_fc (default c_attn)")
+    p.add_argument("--init-adapter", default=None, metavar="DIR", help="start from this LoRA adapter (minigpt2's "
+                   "or PEFT's), with its rank, alpha and targets")
     p.add_argument("--ranks", type=int, default=None, help="train data-parallel over this many MPI processes on "
                    "this machine: runs mpiexec -n RANKS for you and, if a rank dies, says which checkpoint survives "
                    "and how to resume (pip install 'minigpt2[mpi]')")

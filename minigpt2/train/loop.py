@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..blas import blas_threads, default_threads, set_blas_threads
-from ..config import GPT2Config
+from ..adapter import AdapterError, read_adapter
+from ..config import ArgumentError, GPT2Config
 from ..distributed import World
 from ..distributed import world as distributed_world
 from ..download import DownloadError
@@ -31,10 +32,10 @@ from ..files import names_a_path
 from ..gpt2 import GPT2
 from ..load import load_converted, load_model
 from ..machine import cores, physical_memory
+from ..lora import adapter_of, attach, base_of, check_lora, has_adapter, init_adapter, trainable
 from ..optim import AdamW, clip_grad_norm, learning_rate
 from ..params import Params, flatten, init_params, param_count, unflatten
 from ..safetensors import read_safetensors
-from ..save import save_converted
 from ..tokenizer import Tokenizer
 from .data import TaskData, TextData, load_data, step_batches
 from .rundir import (
@@ -46,6 +47,7 @@ from .rundir import (
     refuse_existing_run,
     run_state,
     save_checkpoint,
+    save_model,
     summary,
     truncate_log,
     write_settings,
@@ -137,10 +139,9 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         seconds = float(meta["seconds"]) if "seconds" in meta else None  # written since minigpt2 0.2
         saved = dataclasses.replace(TrainConfig(**json.loads(meta["settings"])), out=str(out))
         cfg, changed = resumed_settings(saved, changes or {}, out, done)
-        config, flat = load_converted(out)
-        params = unflatten({k: np.array(v) for k, v in flat.items()})  # writable: the optimizer updates in place
+        config, params = resumed_model(out, cfg)
         tok = Tokenizer.from_dir(out)
-        opt = AdamW(unflatten(world.rows(flatten(params))), cfg.peak_lr, weight_decay=cfg.weight_decay)
+        opt = AdamW(unflatten(world.rows(flatten(trainable(params)))), cfg.peak_lr, weight_decay=cfg.weight_decay)
         adam = json.loads(meta["adam"])
         if adam["t"] > 0:  # step 0's state has no moments (they are zeros)
             opt.load_state_dict(world.rows(arrays), adam)  # this rank's rows of them
@@ -160,7 +161,7 @@ def prepare_run(cfg: TrainConfig, resume: bool, progress: bool, changes: dict | 
         refuse_existing_run(out)
         lock = lock_run(out) if out.is_dir() and world.is_main else None
         cfg, config, params, tok = starting_model(cfg, progress, world)
-        opt = AdamW(unflatten(world.rows(flatten(params))), cfg.peak_lr, weight_decay=cfg.weight_decay)
+        opt = AdamW(unflatten(world.rows(flatten(trainable(params)))), cfg.peak_lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # the text windows
         drop_rng = dropout_generator(cfg.seed, world.rank)
         start, seconds = 0, 0.0
@@ -230,9 +231,58 @@ def starting_model(cfg: TrainConfig, progress: bool, world: World | None = None,
     cfg = dataclasses.replace(cfg, block_size=cfg.block_size or min(DEFAULT_BLOCK_SIZE, config.n_ctx))
     if cfg.block_size > config.n_ctx:
         raise TrainingError(f"--block-size {cfg.block_size} is larger than the model's context ({config.n_ctx})")
+    if cfg.lora_rank is not None or cfg.init_adapter is not None:
+        cfg, params = with_adapter(cfg, config, params)  # the base stays as loaded: frozen, memory-mapped
+        check_memory(cfg, config, world)
+        return cfg, config, params, tok
     check_memory(cfg, config, world)
     params = unflatten({k: np.array(v, dtype=np.float32) for k, v in flatten(params).items()})  # writable copy
     return cfg, config, params, tok
+
+
+def with_adapter(cfg: TrainConfig, config: GPT2Config, base: Params) -> tuple[TrainConfig, Params]:
+    """A LoRA run's params: the base with a fresh adapter (--lora-*), or --init-adapter's, whose settings the run
+    takes (a --lora-* flag that says otherwise is refused by name)."""
+    if cfg.init_adapter is None:
+        try:
+            lora = check_lora(cfg.lora, config)
+        except ArgumentError as e:
+            raise TrainingError(f"--{flag(e.name)} {e.message}") from None
+        return cfg, attach(base, init_adapter(config, lora, cfg.seed), lora.scaling)
+    try:
+        adapter, lora, _ = read_adapter(cfg.init_adapter, config)
+    except (AdapterError, OSError) as e:
+        raise TrainingError(f"--init-adapter {e}") from None
+    theirs = {"lora_rank": lora.r, "lora_alpha": lora.alpha, "lora_targets": ",".join(lora.targets)}
+    for name, value in theirs.items():
+        given = getattr(cfg, name)
+        if given is not None and (set(given.split(",")) != set(lora.targets) if name == "lora_targets" else
+                                  given != value):
+            raise TrainingError(f"--{flag(name)} {given} disagrees with --init-adapter {cfg.init_adapter}, which has "
+                                f"{value}; leave the flag out (the adapter's settings are the run's)")
+    cfg = dataclasses.replace(cfg, **theirs)
+    return cfg, attach(base, adapter, lora.scaling)
+
+
+def resumed_model(out: Path, cfg: TrainConfig) -> tuple[GPT2Config, Params]:
+    """The model at a run's last checkpoint, writable where it trains: the whole model, or in a LoRA run the
+    --init base (memory-mapped, frozen) with the run's adapter."""
+    if cfg.lora is None:
+        config, flat = load_converted(out)
+        return config, unflatten({k: np.array(v) for k, v in flat.items()})  # writable: updated in place
+    try:
+        config, base = load_model(cfg.init)
+        adapter, lora, _ = read_adapter(out, config)
+    except (ValueError, OSError) as e:
+        raise TrainingError(f"--resume: the LoRA run's base {cfg.init} or its adapter in {out}: {e}") from None
+    return config, attach(base, adapter, lora.scaling)
+
+
+def model_of(config: GPT2Config, params: Params, cfg: TrainConfig) -> GPT2:
+    """A GPT2 of a run's params (with its adapter attached, in a LoRA run)."""
+    if not has_adapter(params):
+        return GPT2(config, params)
+    return GPT2(config, base_of(params)).attach_adapter(adapter_of(params), cfg.lora, cfg.init)
 
 
 DEFAULT_BLOCK_SIZE = 256
@@ -263,6 +313,8 @@ def check_memory(cfg: TrainConfig, config: GPT2Config, world: World | None = Non
     gb = 1e9
     here = world.local_size  # processes of the run on this machine
     weights = here * 4 * (2 + 2 / world.size) * param_count(config)  # bytes: params, grads, m, v in float32
+    if cfg.lora_rank is not None:
+        weights = here * 4 * param_count(config)  # the frozen base alone (an adapter is a small fraction)
     rows = ceil_div(cfg.batch_size, world.size)  # the largest rank's share of a micro-batch
     acts = here * (4 * rows * cfg.block_size * (16 * config.n_embd * config.n_layer + 4 * config.n_embd)
                    + 4 * 4 * rows * config.n_head * cfg.block_size ** 2)
@@ -295,7 +347,7 @@ def run_steps(run: Run, resume: bool, progress: bool, world: World) -> GPT2:
         return None if seconds_before is None else seconds_before + time.perf_counter() - began
 
     def checkpoint(n: int) -> None:
-        moments = moments_to_save(opt, params, world)
+        moments = moments_to_save(opt, trainable(params), world)
         if main:
             save_checkpoint(out, n, config, params, tok, opt, generators, cfg, moments, run_seconds())
         elif moments is not None:
@@ -334,7 +386,7 @@ def run_steps(run: Run, resume: bool, progress: bool, world: World) -> GPT2:
                                        f" the last good checkpoint (step {last_saved}) is in {out}; try a lower --lr "
                                        "(--resume --lr X continues from it)")
             opt.step(grads, lr)  # this rank's rows of every tensor (all of them in one process)
-            world.share_rows_(flatten(params))  # every rank's updated rows to every rank
+            world.share_rows_(flatten(trainable(params)))  # every rank's updated rows to every rank
             completed = n = step + 1
             seconds = time.perf_counter() - t0
             record = {"step": n, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds}
@@ -353,12 +405,12 @@ def run_steps(run: Run, resume: bool, progress: bool, world: World) -> GPT2:
                         bar.write(f"step {n}: train loss {step_loss:.4f}, val loss {val_loss:.4f}", file=sys.stderr)
                     if main and val_loss < best[1]:
                         best = (n, val_loss)
-                        save_converted(config, params, out / BEST_DIR, tok.files(), progress=False,
-                                       metadata={"best_step": str(n), "val_loss": repr(val_loss)})
+                        save_model(out / BEST_DIR, cfg, config, params, tok,
+                                   {"best_step": str(n), "val_loss": repr(val_loss)})
                 except StepAbandoned:
                     pass  # the step is complete; only its validation is dropped
             if main and cfg.sample_every and n % cfg.sample_every == 0 and not stopping:
-                text = sample_text(GPT2(config, params), tok, cfg.prompt, cfg.sample_tokens, seed=cfg.seed + n)
+                text = sample_text(model_of(config, params, cfg), tok, cfg.prompt, cfg.sample_tokens, seed=cfg.seed + n)
                 append_log(out, {"step": n, "sample": text})
                 if progress:
                     bar.write(f"step {n} sample: {cfg.prompt}{text}", file=sys.stderr)
@@ -373,7 +425,7 @@ def run_steps(run: Run, resume: bool, progress: bool, world: World) -> GPT2:
             raise TrainingInterrupted(stop.signum or signal.SIGTERM)
     if completed > start and main:
         log({"step": completed, "summary": summary(out, cfg, data, time.perf_counter() - began, run_seconds())})
-    return GPT2(config, params)
+    return model_of(config, params, cfg)
 
 
 def sample_text(model: GPT2, tok: Tokenizer, prompt: str, n_tokens: int, seed: int) -> str:

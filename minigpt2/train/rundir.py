@@ -1,7 +1,8 @@
 """a run's directory: its checkpoints (written so that a kill at any instant leaves the last complete one), its log,
 its lock, its settings.json, its best model and its summary.
 
-    minigpt2.safetensors (+ encoder.json, vocab.bpe)   the model at the last checkpoint, with its step
+    minigpt2.safetensors (+ encoder.json, vocab.bpe)   the model at the last checkpoint, with its step; a LoRA
+                                                         run: adapter_model.safetensors + adapter_config.json
     optimizer-<step>.safetensors                         AdamW's moments, the step, the generators, the settings
     log.jsonl                                            one JSON line per step and per evaluation
     settings.json                                        the settings as resolved, for people
@@ -19,10 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from ..blas import default_threads
+from ..adapter import WEIGHTS as ADAPTER_WEIGHTS
+from ..adapter import is_adapter, write_adapter
 from ..config import GPT2Config
 from ..distributed import World
 from ..files import CONVERTED_FILE, write_atomically
 from ..optim import AdamW
+from ..lora import adapter_of
 from ..params import Params, flatten
 from ..safetensors import read_safetensors, write_safetensors
 from ..save import models_in, save_converted
@@ -40,10 +44,33 @@ OPTIMIZER_FILE = re.compile(r"optimizer-(\d+)\.safetensors")
 
 def run_state(out: Path) -> int | None:
     """The step of the run checkpointed in `out`, or None if it holds no run."""
-    if not (out / CONVERTED_FILE).is_file():
+    model = model_file(out)
+    if model is None:
         return None
-    _, meta = read_safetensors(out / CONVERTED_FILE)
+    _, meta = read_safetensors(model)
     return int(meta["train_step"]) if "train_step" in meta else None
+
+
+def model_file(out: Path) -> Path | None:
+    """The weights file of the model (or, in a LoRA run, the adapter) in `out`, if there is one."""
+    for path in (out / CONVERTED_FILE, out / ADAPTER_WEIGHTS):
+        if path.is_file():
+            return path
+    return None
+
+
+def save_model(out: Path, cfg: TrainConfig, config: GPT2Config, params: Params, tok: Tokenizer,
+               metadata: dict[str, str]) -> None:
+    """The model as a run saves it, with `metadata`: the whole model, or in a LoRA run the adapter alone (PEFT's
+    layout, naming --init as its base) beside the vocabulary."""
+    if cfg.lora is None:
+        save_converted(config, params, out, tok.files(), progress=False, metadata=metadata)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in tok.files().items():
+        if not (out / name).is_file() or (out / name).read_bytes() != data:
+            write_atomically(out / name, lambda f, data=data: f.write(data))
+    write_adapter(out, adapter_of(params), cfg.lora, cfg.init, metadata)
 
 
 def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, tok: Tokenizer, opt: AdamW,
@@ -61,7 +88,7 @@ def save_checkpoint(out: Path, step: int, config: GPT2Config, params: Params, to
     meta.update({k: json.dumps(g.bit_generator.state) for k, g in generators.items()})
     state = out / f"optimizer-{step}.safetensors"
     write_atomically(state, lambda f: write_safetensors(f, arrays, meta))
-    save_converted(config, params, out, tok.files(), progress=False, metadata={"train_step": str(step)})
+    save_model(out, cfg, config, params, tok, {"train_step": str(step)})
     for p in out.iterdir():
         m = OPTIMIZER_FILE.fullmatch(p.name)
         if m and int(m[1]) != step:
@@ -113,7 +140,7 @@ def lock_run(out: Path):
 def refuse_existing_run(out: Path) -> None:
     """TrainingError if `out` already holds a model or a run (nothing is ever overwritten)."""
     done = run_state(out) if out.is_dir() else None
-    if out.is_dir() and (done is not None or (out / LOG_FILE).exists() or models_in(out)):
+    if out.is_dir() and (done is not None or (out / LOG_FILE).exists() or models_in(out) or is_adapter(out)):
         what = f"a training run at step {done}" if done is not None else "a model or a run"
         raise TrainingError(f"--out {out} already holds {what}; pass --resume to continue it, or choose "
                             "another directory (nothing is overwritten)")
@@ -139,7 +166,7 @@ BEST_DIR = "best"  # inside a run's directory: the model of the step with the lo
 def best_so_far(out: Path) -> tuple[int, float]:
     """(step, validation loss) of the model in out/best, or (0, inf) if there is none yet."""
     try:
-        meta = read_safetensors(out / BEST_DIR / CONVERTED_FILE)[1]
+        meta = read_safetensors(model_file(out / BEST_DIR) or out / BEST_DIR / CONVERTED_FILE)[1]
         return int(meta["best_step"]), float(meta["val_loss"])
     except (OSError, ValueError, KeyError):
         return 0, math.inf
@@ -191,12 +218,12 @@ class GatheredRows:
         return self.gather()
 
 
-def moments_to_save(opt: AdamW, params: Params, world: World) -> dict[str, GatheredRows] | None:
+def moments_to_save(opt: AdamW, trained: Params, world: World) -> dict[str, GatheredRows] | None:
     """Under MPI, the optimizer's moments of whole tensors, {"m.<name>", "v.<name>"}, as GatheredRows that rank
     0 writes while the other ranks send their rows; None in one process (or before the first update), where
     the optimizer's own state is what is saved."""
     if world.size == 1 or opt.t == 0:
         return None
     arrays, _ = opt.state_dict()
-    shapes = {k: p.shape for k, p in flatten(params).items()}
+    shapes = {k: p.shape for k, p in flatten(trained).items()}
     return {k: GatheredRows(a, shapes[k.split(".", 1)[1]], world) for k, a in arrays.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..checks import is_whole
 from ..files import names_a_path
+from ..lora import LoraConfig
 
 class TrainingError(ValueError):
     """Bad settings or data for a run; the message names the flag or the file."""
@@ -55,10 +56,26 @@ class TrainConfig:
     prompt: str = ""  # what the samples continue ("": from <|endoftext|>)
     sample_tokens: int = 48  # tokens per sample
     threads: int | None = None  # NumPy's BLAS threads; default 1 for n_embd <= 256, else every core
+    lora_rank: int | None = None  # LoRA (lora.py): train an adapter of this rank, the --init model frozen
+    lora_alpha: float | None = None  # its scaling alpha / r; default 8 (PEFT's)
+    lora_dropout: float = 0.0  # dropout on the adapter's input (PEFT's lora_dropout)
+    lora_targets: str | None = None  # comma-separated: c_attn, c_proj, c_fc; default c_attn (PEFT's for GPT-2)
+    init_adapter: str | None = None  # start from this adapter (minigpt2's or PEFT's): LoRA with its settings
+
+    @property
+    def lora(self) -> LoraConfig | None:
+        """The adapter's settings, or None for a run that trains every weight."""
+        if self.lora_rank is None:
+            return None
+        targets = tuple(t.strip() for t in (self.lora_targets or "c_attn").split(",") if t.strip())
+        return LoraConfig(r=self.lora_rank, alpha=8.0 if self.lora_alpha is None else self.lora_alpha,
+                          dropout=self.lora_dropout, targets=targets)
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else 6e-4 if self.init == "scratch" else 3e-5
+        if self.lr is not None:
+            return self.lr
+        return 6e-4 if self.init == "scratch" else 2e-4 if self.lora_rank is not None else 3e-5
 
     @property
     def warmup(self) -> int:
@@ -101,9 +118,24 @@ class TrainConfig:
         if self.min_lr is not None and self.min_lr > self.peak_lr:
             raise TrainingError(f"--min-lr {self.min_lr:g} is above the peak learning rate {self.peak_lr:g} (--lr): "
                                 "the decay would rise; give a --min-lr below --lr")
+        self.check_lora()
         if self.warmup_steps is not None and self.warmup_steps > self.steps:
             raise TrainingError(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}: the run would "
                                 "never reach its learning rate")
+
+
+    def check_lora(self) -> None:
+        """The LoRA settings make sense together (their ranges are lora.check_lora's, against the model)."""
+        given = [k for k in ("lora_alpha", "lora_targets") if getattr(self, k) is not None]
+        given += ["lora_dropout"] if self.lora_dropout else []
+        if self.lora_rank is None and self.init_adapter is None and given:
+            raise TrainingError(f"--{flag(given[0])} needs --lora-rank R (or --init-adapter DIR)")
+        if (self.lora_rank is not None or self.init_adapter is not None) and self.init == "scratch":
+            raise TrainingError("--lora-rank: LoRA adapts a trained model, and --init scratch has nothing to adapt; "
+                                "give --init a model")
+        if self.lora_dropout and self.lora_dropout > 0:
+            raise TrainingError(f"--lora-dropout {self.lora_dropout}: dropout on the adapter's input is not built; "
+                                "leave it at 0 (PEFT's default); --dropout drops where GPT-2 does")
 
 
 def flag(name: str) -> str:
@@ -145,7 +177,7 @@ def resumed_settings(saved: TrainConfig, changes: dict, out: Path, done: int) ->
                  for k, v in sorted(changed.items(), key=lambda kv: order.index(kv[0]))}
 
 
-PATHS = ("data", "val_data")  # settings that name a file or directory
+PATHS = ("data", "val_data", "init_adapter")  # settings that name a file or directory
 
 
 PATHS_OR_NAMES = ("init", "tokenizer")  # a directory, or a name (124M, tiny, scratch)

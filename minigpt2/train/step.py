@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ..backward import loss, loss_and_grads
 from ..config import GPT2Config
 from ..distributed import World
+from ..lora import trainable
 from ..model import Dropout
 from ..params import Params, flatten, unflatten
 from ..tasks import completion_nll, length_batches
@@ -48,7 +49,7 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
         loss_sum += micro_loss * w
         grads = micro_grads if grads is None else add_into(grads, micro_grads)
     if grads is None:
-        grads = unflatten({k: np.zeros_like(v) for k, v in flatten(params).items()})
+        grads = unflatten({k: np.zeros_like(v) for k, v in flatten(trainable(params)).items()})
     if world.size > 1:
         grads = unflatten(world.sum_rows(flatten(grads)))  # this rank's rows of the summed gradient
         loss_sum = world.sum_float(loss_sum)
