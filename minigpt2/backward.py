@@ -33,6 +33,7 @@ from .lora import has_adapter, lora_delta_backward
 from .model import (
     Dropout,
     attention_scores,
+    block,
     causal_mask,
     merge_heads,
     split_heads,
@@ -214,12 +215,18 @@ def embedding_backward(dx: np.ndarray, ids: np.ndarray, params: Params, dwte: np
 
 
 def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config, dropout: Dropout | None = None,
-                         ) -> tuple[np.ndarray, dict]:
-    """model.transformer, keeping the activations the backward reads: (h [..., T, C], {name: array})."""
+                         recompute: bool = False) -> tuple[np.ndarray, dict]:
+    """model.transformer, keeping the activations the backward reads: (h [..., T, C], {name: array}).
+
+    With `recompute` (activation checkpointing), only each block's input and the last block's output are kept:
+    1 C floats per token and layer instead of 16; the backward runs each block's forward again
+    (`recompute_block`) just before going back through it, about one more forward pass in all."""
     acts: dict[str, np.ndarray] = {}
+    last = f"blocks.{config.n_layer - 1}.resid_post"  # ln_f's input
 
     def record(name: str, x: np.ndarray) -> np.ndarray:
-        if name.rsplit(".", 1)[-1] in SAVED:
+        part = name.rsplit(".", 1)[-1]
+        if (part == "resid_pre" or name == last) if recompute else part in SAVED:
             acts[name] = x
         return x
 
@@ -227,8 +234,28 @@ def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config, dr
     return transformer(ids, params, config, record=record, dropout=dropout), acts
 
 
+def recompute_block(params: Params, acts: dict, config: GPT2Config, layer: int, mask: np.ndarray | None,
+                    dropout: Dropout | None) -> None:
+    """Block `layer`'s activations again, into `acts`, from its kept input, with the masks the first forward
+    drew (Dropout.replay): the same arrays, so the same gradients."""
+    def record(name: str, x: np.ndarray) -> np.ndarray:
+        if name.rsplit(".", 1)[-1] in SAVED:
+            acts[name] = x
+        return x
+
+    record.patterns = False
+    if dropout is not None:
+        dropout.replay = True
+    try:
+        block(acts[f"blocks.{layer}.resid_pre"], params["blocks"][layer], config, layer, None, mask, record, dropout)
+    finally:
+        if dropout is not None:
+            dropout.replay = False
+
+
 def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2Config, acts: dict,
-                  dwte_head: np.ndarray | None = None, dropout: Dropout | None = None) -> Params:
+                  dwte_head: np.ndarray | None = None, dropout: Dropout | None = None,
+                  recompute: bool = False) -> Params:
     """`transformer` mirrored: dh (d the final layer norm's output) [..., T, C] -> grads of every parameter.
     The tied head's share of dwte, if given, receives the embedding's share (and is the grads' "wte").
     With a LoRA adapter attached (lora.attach), the base is frozen: the grads are the adapter's alone, and the
@@ -240,7 +267,12 @@ def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2C
     dx, dg, db = layer_norm_backward(dh, x_last, params["ln_f"]["g"], config.layer_norm_epsilon)
     blocks = [None] * config.n_layer
     for layer in reversed(range(config.n_layer)):
+        if recompute:  # this block's activations, made again from its input and dropped right after
+            recompute_block(params, acts, config, layer, mask, dropout)
         dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask, dropout, frozen)
+        if recompute:
+            for name in [k for k in acts if k.startswith(f"blocks.{layer}.") and not k.endswith(".resid_pre")]:
+                del acts[name]
     if frozen:
         return {"blocks": blocks}
     if dropout is not None:
@@ -250,16 +282,18 @@ def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2C
 
 
 def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config,
-                   dropout: Dropout | None = None, grad_scale: float = 1.0) -> tuple[float, Params]:
+                   dropout: Dropout | None = None, grad_scale: float = 1.0, recompute: bool = False,
+                   ) -> tuple[float, Params]:
     """(mean cross-entropy, grads with the structure, shapes and dtype of params). ids, targets [T] or [B, T].
     With `dropout` (a model.Dropout), the forward drops as GPT-2 does in training and the backward uses the
     same masks: the exact gradient of the loss for the masks drawn. The grads are those of grad_scale x the
-    loss: a micro-batch's share of a larger mean costs no extra pass over the gradient (train.step_gradient)."""
-    h, acts = forward_for_backward(ids, params, config, dropout)  # [..., T, C]
+    loss: a micro-batch's share of a larger mean costs no extra pass over the gradient (train.step_gradient).
+    `recompute`: keep only each block's input and recompute the rest in the backward (forward_for_backward)."""
+    h, acts = forward_for_backward(ids, params, config, dropout, recompute)  # [..., T, C]
     loss, dh, dwte_head = lm_head_and_loss(h, params["wte"], targets, grad_scale=grad_scale,
                                            head_grad=not has_adapter(params))
     del h  # [..., T, C]: no longer needed
-    return loss, gpt2_backward(dh, ids, params, config, acts, dwte_head, dropout)
+    return loss, gpt2_backward(dh, ids, params, config, acts, dwte_head, dropout, recompute)
 
 
 def loss(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> float:

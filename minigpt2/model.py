@@ -184,9 +184,12 @@ class Dropout:
         assert 0.0 <= p < 1.0, f"dropout probability {p} is outside [0, 1)"
         self.p, self.rng = p, rng
         self.keep: dict[str, np.ndarray] = {}
+        self.replay = False  # True while the backward recomputes a block: the masks already drawn are reused
 
     def mask(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A new mask of `shape` (True with probability 1 - p), kept under `name`."""
+        """A new mask of `shape` (True with probability 1 - p), kept under `name` (when replaying, the one kept)."""
+        if self.replay:
+            return self.keep[name]
         self.keep[name] = self.rng.random(shape, dtype=np.float32) >= self.p  # [shape] bool
         return self.keep[name]
 

@@ -46,6 +46,9 @@ def parse_args():
     p.add_argument("--only-evaluate", action="store_true", help="only the evaluation rows (transformers, and "
                    "--batch-size 1 / 8 / 64 on this shape and on the bundled tiny model)")
     p.add_argument("--only-decode", action="store_true", help="only the decode rows (1 and 4 samples, 4 beams)")
+    p.add_argument("--only-lora", action="store_true", help="only the LoRA rows: a 124M LoRA step against a full "
+                   "step, and peak memory of LoRA steps at the 1558M shape (writes a 6.2 GB model to a temporary "
+                   "directory; --skip-xl leaves those out)")
     p.add_argument("--only-tasks", action="store_true", help="only the task rows: scoring a 1,000-example choice "
                    "file, and a task-file training step against a text step of the same tokens")
     p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
@@ -266,6 +269,73 @@ for _ in range(steps):
 if side != "mpi" or w.rank == 0:
     print(json.dumps({{"times": times[1:], "peak_rss": peak_rss()}}))
 """
+
+
+LORA_STEP = PEAK_RSS + """
+import sys, json, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+from minigpt2 import GPT2, GPT2Config
+from minigpt2.lora import LoraConfig
+from minigpt2.optim import AdamW, clip_grad_norm
+from minigpt2.train import step_gradient
+B, T, steps, recompute = {B}, {T}, {steps}, {recompute}
+model = GPT2.from_pretrained({path!r}) if {path!r} else GPT2.init(GPT2Config(**{config!r}), seed=0)
+model.add_adapter(LoraConfig(r=8, alpha=16, targets=("c_attn", "c_proj", "c_fc")), seed=0)
+opt = AdamW(model.adapter, lr=1e-4)
+rng = np.random.default_rng(0)
+x = rng.integers(0, model.config.n_vocab, (B, T)); y = rng.integers(0, model.config.n_vocab, (B, T))
+def step():  # as train.run_steps takes a LoRA step
+    loss, grads = step_gradient([(x, y)], False, model.params, model.config, recompute=recompute)
+    clip_grad_norm(grads, 1.0)
+    opt.step(grads)
+times = []
+for _ in range(steps):
+    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+print(json.dumps({{"times": times[1:] or times, "peak_rss": peak_rss()}}))
+"""
+
+
+def lora_in_process(B: int, T: int, steps: int, recompute: bool, config: GPT2Config | None = None,
+                    path: str = "") -> dict:
+    """Step times and peak RSS (VmHWM) of LoRA steps (r 8 on c_attn, c_proj, c_fc) in a fresh process, the base
+    model random (`config`) or memory-mapped from a saved model (`path`)."""
+    config = config or GPT2Config.from_name(ARGS.size)
+    code = LORA_STEP.format(repo=str(REPO), B=B, T=T, steps=steps, recompute=recompute, config=asdict(config),
+                            path=path)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(ARGS.threads), OMP_NUM_THREADS=str(ARGS.threads))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_lora(rows: list, results: dict) -> None:
+    """The 124M LoRA step against the full step (4 x 128, tokens/s); the 1558M LoRA step's peak memory with
+    --recompute-activations (1 x 1024, target < 8.5e9 bytes) and without (1 x 256, target < 9e9 bytes)."""
+    config = GPT2Config.from_name("124M")
+    lora = lora_in_process(4, 128, ARGS.reps + 1, False, config)
+    full = train_in_process("minigpt2", 4, 128, ARGS.reps, config)
+    ours, ref = rate(4 * 128, lora["times"]), rate(4 * 128, full["times"])
+    results["lora_step_124M"] = {"lora": ours, "full": ref, "lora_peak_rss": lora["peak_rss"],
+                                 "full_peak_rss": full["peak_rss"]}
+    rows.append(("124M LoRA step vs full step, tokens/s (4 x 128)", ours, ref, "> 1.0x"))
+    rows.append(("124M peak RSS MB, LoRA vs full (4 x 128)", one_value(lora["peak_rss"] / 1e6),
+                 one_value(full["peak_rss"] / 1e6), ""))
+    if ARGS.skip_xl:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "xl")
+        make = f"import sys; sys.path.insert(0, {str(REPO)!r})\nfrom minigpt2 import GPT2, GPT2Config\n" \
+               f"GPT2.init(GPT2Config.from_name('1558M'), seed=0).save({path!r})\n"
+        subprocess.run([sys.executable, "-c", make], check=True)
+        for B, T, recompute, target in ((1, 1024, True, 8.5e9), (1, 256, False, 9e9)):
+            r = lora_in_process(B, T, 1, recompute, path=path)
+            name = f"1558M LoRA peak RSS GB ({B} x {T}{', recomputed' if recompute else ''})"
+            results[name] = {"peak_rss": r["peak_rss"], "step_seconds": r["times"][0], "target": target}
+            rows.append((name, one_value(r["peak_rss"] / 1e9), one_value(target / 1e9), "<= 1.0x"))
+            rows.append((f"1558M LoRA step seconds ({B} x {T}{', recomputed' if recompute else ''})",
+                         one_value(r["times"][0]), one_value(r["times"][0]), ""))
 
 
 def train_in_process(side: str, B: int, T: int, steps: int, config: GPT2Config | None = None,
@@ -515,6 +585,11 @@ def main() -> int:
     hf = hf_twin(model)
     weight_bytes = sum(a.nbytes for a in flatten(model.params).values())
     rows, results = [], {"machine": machine(), "size": ARGS.size, "threads": ARGS.threads}
+    if ARGS.only_lora:
+        del hf
+        measure_lora(rows, results)
+        print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)
+        return 0
     if ARGS.only_tasks:
         measure_tasks(model, hf, rows, results)
         print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)

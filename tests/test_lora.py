@@ -396,3 +396,36 @@ def test_a_lora_run_over_two_mpi_ranks_equals_one_process(lora_data, tmp_path):
     a, b = adapter_arrays(tmp_path / "one"), adapter_arrays(tmp_path / "two")
     for k in a:  # float32 sums in another order, then a few AdamW steps
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=2e-4, err_msg=k)
+
+
+# --- recomputing activations ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_recomputed_activations_give_the_same_gradients(lora):
+    """Full and LoRA, with dropout (the recomputed blocks reuse the masks), 100 tokens (blocked attention): the
+    recomputed forward makes the very same arrays, so the gradients are equal bit for bit."""
+    from minigpt2.backward import loss_and_grads
+    from minigpt2.model import Dropout
+
+    model = adapted(EVERY) if lora else GPT2.init(GPT2Config(n_vocab=97, n_ctx=128, n_embd=48, n_head=4, n_layer=3),
+                                                    seed=2, std=0.2)
+    rng = np.random.default_rng(5)
+    T = min(100, model.config.n_ctx)
+    ids, targets = rng.integers(0, 97, (2, T)), rng.integers(-1, 97, (2, T))
+    results = [loss_and_grads(ids, targets, model.params, model.config, Dropout(0.1, np.random.default_rng(0)),
+                              recompute=r) for r in (False, True)]
+    assert results[0][0] == results[1][0]
+    plain, again = flatten(results[0][1]), flatten(results[1][1])
+    assert set(plain) == set(again)
+    for k in plain:
+        np.testing.assert_array_equal(again[k], plain[k], err_msg=k)
+
+
+def test_a_run_with_recomputed_activations_is_the_same_run(lora_data, tmp_path):
+    from minigpt2.train.__main__ import train_main
+
+    assert train_main(train_args(lora_data, tmp_path / "plain", steps=4)) == 0
+    assert train_main(train_args(lora_data, tmp_path / "again", "t.txt", 4, "--recompute-activations")) == 0
+    a, b = adapter_arrays(tmp_path / "plain"), adapter_arrays(tmp_path / "again")
+    assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -77,6 +77,9 @@ def train_parser() -> argparse.ArgumentParser:
                    "projections), c_fc (default c_attn)")
     p.add_argument("--init-adapter", default=None, metavar="DIR", help="start from this LoRA adapter (minigpt2's "
                    "or PEFT's), with its rank, alpha and targets")
+    p.add_argument("--recompute-activations", action="store_true", help="keep only each block's input in the "
+                   "forward and recompute the block in the backward: the same gradients, activations of about one "
+                   "block instead of all of them, about a third more time a step")
     p.add_argument("--ranks", type=int, default=None, help="train data-parallel over this many MPI processes on "
                    "this machine: runs mpiexec -n RANKS for you and, if a rank dies, says which checkpoint survives "
                    "and how to resume (pip install 'minigpt2[mpi]')")

@@ -316,7 +316,8 @@ def check_memory(cfg: TrainConfig, config: GPT2Config, world: World | None = Non
     if cfg.lora_rank is not None:
         weights = here * 4 * param_count(config)  # the frozen base alone (an adapter is a small fraction)
     rows = ceil_div(cfg.batch_size, world.size)  # the largest rank's share of a micro-batch
-    acts = here * (4 * rows * cfg.block_size * (16 * config.n_embd * config.n_layer + 4 * config.n_embd)
+    kept = (config.n_layer + 16) if cfg.recompute_activations else 16 * config.n_layer  # C floats a token
+    acts = here * (4 * rows * cfg.block_size * (kept * config.n_embd + 4 * config.n_embd)
                    + 4 * 4 * rows * config.n_head * cfg.block_size ** 2)
     ranks = f" ({here} ranks on this machine)" if here > 1 else ""
     if weights > total:
@@ -374,7 +375,8 @@ def run_steps(run: Run, resume: bool, progress: bool, world: World) -> GPT2:
                 with stop.abandonable() if world.size == 1 else contextlib.nullcontext():
                     batches, tokens = step_batches(data, cfg, step, rng)  # [(inputs [B, T], targets [B, T])] * accum
                     step_loss, grads = step_gradient(batches, isinstance(data, TaskData), params, config,
-                                                     cfg.dropout, drop_rng, world, agreed_go_on)
+                                                     cfg.dropout, drop_rng, world, agreed_go_on,
+                                                     cfg.recompute_activations)
             except StepAbandoned:
                 for k, g in generators.items():
                     g.bit_generator.state = states_before[k]

@@ -61,6 +61,7 @@ class TrainConfig:
     lora_dropout: float = 0.0  # dropout on the adapter's input (PEFT's lora_dropout)
     lora_targets: str | None = None  # comma-separated: c_attn, c_proj, c_fc; default c_attn (PEFT's for GPT-2)
     init_adapter: str | None = None  # start from this adapter (minigpt2's or PEFT's): LoRA with its settings
+    recompute_activations: bool = False  # keep each block's input only; recompute the block in the backward
 
     @property
     def lora(self) -> LoraConfig | None:
@@ -145,7 +146,8 @@ def flag(name: str) -> str:
 # settings a resumed run can change (honoured, and logged in log.jsonl as "resumed"); the rest are fixed by the
 # run's model, its vocabulary or the batches it has drawn
 CHANGEABLE = ("steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "eval_every",
-              "eval_batches", "save_every", "data", "val_data", "sample_every", "prompt", "sample_tokens", "threads")
+              "eval_batches", "save_every", "data", "val_data", "sample_every", "prompt", "sample_tokens", "threads",
+              "recompute_activations")
 
 
 def resumed_settings(saved: TrainConfig, changes: dict, out: Path, done: int) -> tuple[TrainConfig, dict]:

@@ -22,7 +22,8 @@ from .stop import agreed_rounds
 
 def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool, params: Params,
                   config: GPT2Config, dropout: float = 0.0, drop_rng: np.random.Generator | None = None,
-                  world: World | None = None, go_on: Callable[[], bool] | None = None) -> tuple[float, Params]:
+                  world: World | None = None, go_on: Callable[[], bool] | None = None,
+                  recompute: bool = False) -> tuple[float, Params]:
     """(loss, gradient) of one step over its micro-batches: the mean over every scored token of all of them
     (`by_tokens`, task files: a micro-batch counts by its scored tokens), or the mean of the micro-batches'
     means (text: every window scores all of its tokens, so the two are the same). The gradient is this rank's
@@ -45,7 +46,7 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
         if w == 0:
             continue  # an empty share (fewer rows than ranks), or nothing scored
         drop = Dropout(dropout, drop_rng) if dropout > 0 else None
-        micro_loss, micro_grads = loss_and_grads(x, y, params, config, drop, grad_scale=w / total)
+        micro_loss, micro_grads = loss_and_grads(x, y, params, config, drop, grad_scale=w / total, recompute=recompute)
         loss_sum += micro_loss * w
         grads = micro_grads if grads is None else add_into(grads, micro_grads)
     if grads is None:
