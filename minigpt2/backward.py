@@ -39,10 +39,10 @@ from .model import (
     split_heads,
     transformer,
 )
+from .ops import dropout as dropout_op  # the function; `dropout` below is always a Dropout object (or None)
 from .ops import (
     cross_entropy,
     cross_entropy_backward,
-    dropout,
     dropout_backward,
     gelu_backward,
     layer_norm_backward,
@@ -112,7 +112,7 @@ def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarr
     dk, dv [..., H, S, D]). The pattern is recomputed from q and k rather than kept from the forward
     ([H, T, S] per layer). Masked positions have P = 0, so their scores get no gradient."""
     pattern = softmax(attention_scores(q, k, mask))  # [..., H, T, S], as in the forward
-    dropped = pattern if drop is None else dropout(pattern, drop, p)  # [..., H, T, S]: what multiplied v
+    dropped = pattern if drop is None else dropout_op(pattern, drop, p)  # [..., H, T, S]: what multiplied v
     dv = dropped.swapaxes(-1, -2) @ dz  # [..., H, S, T] @ [..., H, T, D] -> [..., H, S, D]
     dpattern = dz @ v.swapaxes(-1, -2)  # [..., H, T, S]
     if drop is not None:
@@ -123,18 +123,22 @@ def attention_backward(dz: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarr
     return dq, dk, dv
 
 
-def dense_backward(dy: np.ndarray, x: np.ndarray, p: Params, frozen: bool = False) -> tuple[np.ndarray, Params]:
+def dense_backward(dy: np.ndarray, x: np.ndarray, p: Params, frozen: bool = False, dropout: Dropout | None = None,
+                   name: str = "") -> tuple[np.ndarray, Params]:
     """`model.dense` mirrored: dy [..., out] -> (dx [..., in], grads of what trains). A frozen layer (a LoRA run
     freezes every base weight) passes dx = dy w back and computes no dw or db; its adapter, if it has one,
-    gets dA and dB (lora.lora_delta_backward)."""
+    gets dA and dB (lora.lora_delta_backward), through the forward's adapter dropout mask if it had one."""
     if not frozen:
         dx, dw, db = linear_backward(dy, x, p["w"])
         return dx, {"w": dw, "b": db}
     dx = (dy.reshape(-1, dy.shape[-1]) @ p["w"]).reshape(*dy.shape[:-1], p["w"].shape[1])  # [..., in]
     if "lora_A" not in p:
         return dx, {}
-    dx_lora, da, db = lora_delta_backward(dy, x, p["lora_A"], p["lora_B"], p["lora_scaling"])
-    dx += dx_lora
+    mask = None if dropout is None else dropout.keep.get(f"{name}.lora")  # [..., in] bool, or None
+    rate = p.get("lora_dropout", 0.0)
+    xa = x if mask is None else dropout_op(x, mask, rate)  # what the adapter read
+    dx_lora, da, db = lora_delta_backward(dy, xa, p["lora_A"], p["lora_B"], p["lora_scaling"])
+    dx += dx_lora if mask is None else dropout_backward(dx_lora, mask, rate)
     return dx, {"lora_A": da, "lora_B": db}
 
 
@@ -143,12 +147,13 @@ def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer:
     """`mha` mirrored: dout [..., T, C] -> (d its input [..., T, C], grads of c_attn and c_proj)."""
     name = f"blocks.{layer}.attn"
     q, k, v, z = (acts[f"{name}.{a}"] for a in "qkvz")  # [..., H, T, D] each
-    dmerged, d_proj = dense_backward(dout, merge_heads(z), attn["c_proj"], frozen)  # [..., T, C]
+    dmerged, d_proj = dense_backward(dout, merge_heads(z), attn["c_proj"], frozen, dropout, f"{name}.c_proj")
     dz = split_heads(dmerged, n_head)  # [..., H, T, D]
     drop, p = (None, 0.0) if dropout is None else (dropout.keep[f"{name}.pattern"], dropout.p)  # [..., H, T, S]
     dq, dk, dv = attention_backward(dz, q, k, v, z, mask, drop, p)  # [..., H, T, D] each
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # [..., T, 3C]
-    dx, d_attn = dense_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"], frozen)  # [..., T, C]
+    dx, d_attn = dense_backward(dqkv, acts[f"blocks.{layer}.ln_1"], attn["c_attn"], frozen, dropout,
+                                f"{name}.c_attn")  # [..., T, C]
     return dx, trained({"c_attn": d_attn, "c_proj": d_proj})
 
 
@@ -156,12 +161,12 @@ def mha_backward(dout: np.ndarray, attn: Params, acts: dict, n_head: int, layer:
 
 
 def mlp_backward(dout: np.ndarray, p: Params, acts: dict, layer: int, frozen: bool = False,
-                 ) -> tuple[np.ndarray, Params]:
+                 dropout: Dropout | None = None) -> tuple[np.ndarray, Params]:
     """`mlp` mirrored: dout [..., T, C] -> (d its input [..., T, C], grads of c_fc and c_proj)."""
     name = f"blocks.{layer}.mlp"
-    dpost, d_proj = dense_backward(dout, acts[f"{name}.post"], p["c_proj"], frozen)  # [..., T, 4C]
+    dpost, d_proj = dense_backward(dout, acts[f"{name}.post"], p["c_proj"], frozen, dropout, f"{name}.c_proj")
     dpre = gelu_backward(dpost, acts[f"{name}.pre"])  # [..., T, 4C]
-    dx, d_fc = dense_backward(dpre, acts[f"blocks.{layer}.ln_2"], p["c_fc"], frozen)  # [..., T, C]
+    dx, d_fc = dense_backward(dpre, acts[f"blocks.{layer}.ln_2"], p["c_fc"], frozen, dropout, f"{name}.c_fc")
     return dx, trained({"c_fc": d_fc, "c_proj": d_proj})
 
 
@@ -183,7 +188,7 @@ def block_backward(dx: np.ndarray, p: Params, acts: dict, config: GPT2Config, la
     eps, name = config.layer_norm_epsilon, f"blocks.{layer}"
     # x = x_mid + dropout(mlp(ln_2(x_mid)))
     dh = dx if dropout is None else dropout_backward(dx, dropout.keep[f"{name}.mlp.out"], dropout.p)
-    dh, d_mlp = mlp_backward(dh, p["mlp"], acts, layer, frozen)  # [..., T, C]
+    dh, d_mlp = mlp_backward(dh, p["mlp"], acts, layer, frozen, dropout)  # [..., T, C]
     dh, dg_2, db_2 = layer_norm_backward(dh, acts[f"{name}.resid_mid"], p["ln_2"]["g"], eps)
     dx = dx + dh  # [..., T, C]: d x_mid
     # x_mid = x_pre + dropout(mha(ln_1(x_pre)))

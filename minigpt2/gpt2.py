@@ -76,7 +76,7 @@ class GPT2:
     def attach_adapter(self, adapter: Params, lora: LoraConfig, base: str = "") -> GPT2:
         """Attach an adapter (the tree `init_adapter` or `read_adapter` gives) to the base weights."""
         self.adapter, self.lora, self.base_name = adapter, lora, base
-        self.params = attach(self.base_params, adapter, lora.scaling)
+        self.params = attach(self.base_params, adapter, lora.scaling, lora.dropout)
         return self
 
     def merge_adapter(self) -> GPT2:

@@ -90,16 +90,16 @@ def init_adapter(config: GPT2Config, lora: LoraConfig, seed: int = 0) -> Params:
     return {"blocks": blocks}
 
 
-def attach(params: Params, adapter: Params, scaling: float) -> Params:
+def attach(params: Params, adapter: Params, scaling: float, dropout: float = 0.0) -> Params:
     """The params tree with the adapter beside each adapted layer's w and b (no array copied: the base
-    weights are shared, frozen)."""
+    weights are shared, frozen); `dropout`, the adapter's own (on its input, in training only)."""
     blocks = []
     for p, a in zip(params["blocks"], adapter["blocks"]):
         block = dict(p)
         for group, layers in a.items():
             block[group] = dict(p[group])
             for layer, ab in layers.items():
-                block[group][layer] = {**p[group][layer], **ab, "lora_scaling": scaling}
+                block[group][layer] = {**p[group][layer], **ab, "lora_scaling": scaling, "lora_dropout": dropout}
         blocks.append(block)
     return {**params, "blocks": blocks}
 
@@ -126,6 +126,12 @@ def base_of(params: Params) -> Params:
     blocks = [{g: {n: plain(x) for n, x in group.items()} if isinstance(group, dict) else group
                for g, group in block.items()} for block in params["blocks"]]
     return {**params, "blocks": blocks}
+
+
+def adapter_drops(params: Params) -> bool:
+    """Whether an attached adapter drops its input in training (lora_dropout > 0)."""
+    return any(layer.get("lora_dropout", 0.0) > 0 for block in params["blocks"] for group in block.values()
+               if isinstance(group, dict) for layer in group.values() if isinstance(layer, dict))
 
 
 def trainable(params: Params) -> Params:

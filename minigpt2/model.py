@@ -34,7 +34,8 @@ from .checks import is_whole
 from .config import GPT2Config
 from .dispatch import tunable
 from .lora import lora_delta
-from .ops import dropout, gelu, layer_norm, linear, softmax
+from .ops import dropout as dropout_op  # the function; `dropout` below is always a Dropout object (or None)
+from .ops import gelu, layer_norm, linear, softmax
 from .params import Params
 
 Record = Callable[[str, np.ndarray], np.ndarray]
@@ -52,12 +53,16 @@ def records_patterns(record: Record) -> bool:
     return record is not keep and getattr(record, "patterns", True)
 
 
-def dense(x: np.ndarray, p: Params) -> np.ndarray:
+def dense(x: np.ndarray, p: Params, dropout: Dropout | None = None, name: str = "") -> np.ndarray:
     """A linear layer from its params {"w" [out, in], "b" [out]}: x [..., in] -> [..., out]. With a LoRA
-    adapter beside them (lora.attach), its low-rank term is added: x w^T + b + s (x A^T) B^T."""
+    adapter beside them (lora.attach), its low-rank term is added: x w^T + b + s (x' A^T) B^T, where x' is x
+    after the adapter's own dropout in training (PEFT's lora_dropout; mask "<name>.lora"), else x."""
     y = linear(x, p["w"], p["b"])
     if "lora_A" in p:
-        y += lora_delta(x, p["lora_A"], p["lora_B"], p["lora_scaling"])
+        xa, rate = x, p.get("lora_dropout", 0.0)
+        if dropout is not None and rate > 0:
+            xa = dropout_op(x, dropout.mask(f"{name}.lora", x.shape, rate), rate)  # [..., in]
+        y += lora_delta(xa, p["lora_A"], p["lora_B"], p["lora_scaling"])
     return y
 
 
@@ -97,7 +102,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     scores = record(f"{name}.scores", attention_scores(q, k, mask))  # [..., H, T, S]
     pattern = record(f"{name}.pattern", softmax(scores))  # [..., H, T, S], rows sum to 1
     if drop is not None:
-        pattern = dropout(pattern, drop, p)  # [..., H, T, S]: some probabilities zeroed, the rest scaled up
+        pattern = dropout_op(pattern, drop, p)  # [..., H, T, S]: some probabilities zeroed, the rest scaled up
     return pattern @ v  # [..., H, T, D]: each position's weighted sum of values
 
 
@@ -105,7 +110,7 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
         record: Record = keep, dropout: Dropout | None = None) -> np.ndarray:
     """Masked multi-head self-attention: x [..., T, C] -> [..., T, C]."""
     name = f"blocks.{layer}.attn"
-    qkv = dense(x, attn["c_attn"])  # [..., T, C] -> [..., T, 3C]: q, k, v in one product
+    qkv = dense(x, attn["c_attn"], dropout, f"{name}.c_attn")  # [..., T, C] -> [..., T, 3C]: q, k, v at once
     C = x.shape[-1]
     q, k, v = (split_heads(qkv[..., i * C : (i + 1) * C], n_head) for i in range(3))  # 3 x [..., H, T, D]
     q, k, v = record(f"{name}.q", q), record(f"{name}.k", k), record(f"{name}.v", v)
@@ -115,17 +120,17 @@ def mha(x: np.ndarray, attn: Params, n_head: int, layer: int, cache: KVCache | N
     if dropout is not None:  # training: one mask over the whole pattern, whichever way it is computed
         drop, p = dropout.mask(f"{name}.pattern", (*q.shape[:-1], k.shape[-2])), dropout.p  # [..., H, T, S]
     z = record(f"{name}.z", attention(q, k, v, mask, record, name, drop, p))  # [..., H, T, D]: each head's output
-    return record(f"{name}.out", dense(merge_heads(z), attn["c_proj"]))  # [..., T, C]
+    return record(f"{name}.out", dense(merge_heads(z), attn["c_proj"], dropout, f"{name}.c_proj"))  # [..., T, C]
 
 
 # --- MLP and block --------------------------------------------------------------------------------
 
 
-def mlp(x: np.ndarray, p: Params, layer: int, record: Record = keep) -> np.ndarray:
+def mlp(x: np.ndarray, p: Params, layer: int, record: Record = keep, dropout: Dropout | None = None) -> np.ndarray:
     """Position-wise MLP: x [..., T, C] -> [..., T, 4C] -> GELU -> [..., T, C]."""
-    h = record(f"blocks.{layer}.mlp.pre", dense(x, p["c_fc"]))  # [..., T, 4C]
+    h = record(f"blocks.{layer}.mlp.pre", dense(x, p["c_fc"], dropout, f"blocks.{layer}.mlp.c_fc"))  # [..., T, 4C]
     h = record(f"blocks.{layer}.mlp.post", gelu(h))  # [..., T, 4C]
-    return record(f"blocks.{layer}.mlp.out", dense(h, p["c_proj"]))  # [..., T, C]
+    return record(f"blocks.{layer}.mlp.out", dense(h, p["c_proj"], dropout, f"blocks.{layer}.mlp.c_proj"))
 
 
 def block(x: np.ndarray, p: Params, config: GPT2Config, layer: int, cache: KVCache | None,
@@ -139,7 +144,7 @@ def block(x: np.ndarray, p: Params, config: GPT2Config, layer: int, cache: KVCac
     x = x + (h if dropout is None else dropout(f"blocks.{layer}.attn.out", h))  # [..., T, C]
     x = record(f"blocks.{layer}.resid_mid", x)
     h = record(f"blocks.{layer}.ln_2", layer_norm(x, **p["ln_2"], eps=eps))
-    h = mlp(h, p["mlp"], layer, record)  # [..., T, C]
+    h = mlp(h, p["mlp"], layer, record, dropout)  # [..., T, C]
     x = x + (h if dropout is None else dropout(f"blocks.{layer}.mlp.out", h))  # [..., T, C]
     return record(f"blocks.{layer}.resid_post", x)
 
@@ -186,16 +191,18 @@ class Dropout:
         self.keep: dict[str, np.ndarray] = {}
         self.replay = False  # True while the backward recomputes a block: the masks already drawn are reused
 
-    def mask(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A new mask of `shape` (True with probability 1 - p), kept under `name` (when replaying, the one kept)."""
+    def mask(self, name: str, shape: tuple[int, ...], p: float | None = None) -> np.ndarray:
+        """A new mask of `shape` (True with probability 1 - p, by default self.p), kept under `name` (when
+        replaying, the one kept). Probability 0 keeps everything and draws nothing."""
         if self.replay:
             return self.keep[name]
-        self.keep[name] = self.rng.random(shape, dtype=np.float32) >= self.p  # [shape] bool
+        p = self.p if p is None else p
+        self.keep[name] = self.rng.random(shape, dtype=np.float32) >= p if p > 0 else np.ones(shape, bool)
         return self.keep[name]
 
     def __call__(self, name: str, x: np.ndarray) -> np.ndarray:
         """x with a new mask applied (ops.dropout)."""
-        return dropout(x, self.mask(name, x.shape), self.p)  # x's shape
+        return dropout_op(x, self.mask(name, x.shape), self.p)  # x's shape
 
 
 # --- KV cache -------------------------------------------------------------------------------------

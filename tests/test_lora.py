@@ -361,7 +361,8 @@ def test_a_lora_run_on_a_task_file_and_from_an_adapter(lora_data, tmp_path):
     (["--lora-rank", "4", "--lora-targets", "q_proj"], "--lora-targets"),
     (["--lora-rank", "4", "--lora-alpha", "-2"], "--lora-alpha"),
     (["--lora-alpha", "16"], "--lora-alpha"),
-    (["--lora-rank", "4", "--lora-dropout", "0.1"], "--lora-dropout"),
+    (["--lora-rank", "4", "--lora-dropout", "1.5"], "--lora-dropout"),
+    (["--lora-dropout", "0.1"], "--lora-dropout"),
     (["--lora-rank", "4", "--init", "scratch", "--tokenizer", "tiny"], "--init scratch"),
     (["--init-adapter", "/nonexistent/adapter"], "--init-adapter"),
 ])
@@ -429,3 +430,49 @@ def test_a_run_with_recomputed_activations_is_the_same_run(lora_data, tmp_path):
     assert train_main(train_args(lora_data, tmp_path / "again", "t.txt", 4, "--recompute-activations")) == 0
     a, b = adapter_arrays(tmp_path / "plain"), adapter_arrays(tmp_path / "again")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_adapters_dropout_gradient_against_finite_differences():
+    """With lora_dropout, the adapter reads its input through a mask (training only); the gradient is exact for
+    the masks drawn (replayed for the finite differences), and evaluation drops nothing."""
+    from minigpt2 import backward, reference_mode
+    from minigpt2.lora import attach
+    from minigpt2.model import Dropout
+    from minigpt2.params import unflatten
+
+    model = adapted(EVERY)
+    base = unflatten({k: v.astype(np.float64) for k, v in flatten(model.base_params).items()})
+    adapter = unflatten({k: v.astype(np.float64) for k, v in flatten(model.adapter).items()})
+    params = attach(base, adapter, model.lora.scaling, dropout=0.3)
+    rng = np.random.default_rng(7)
+    ids, targets = rng.integers(0, 97, (1, 6)), rng.integers(0, 97, (1, 6))
+    drop = Dropout(0.0, np.random.default_rng(1))  # GPT-2's own places drop nothing; the adapters drop 0.3
+    with reference_mode():
+        _, grads = backward.loss_and_grads(ids, targets, params, model.config, drop)
+        assert any(k.endswith(".lora") and not m.all() for k, m in drop.keep.items()), "some inputs were dropped"
+        drop.replay = True
+        flat = flatten(adapter)
+        picked = {k: flat[k] for k in ("blocks.0.attn.c_attn.lora_A", "blocks.1.mlp.c_fc.lora_B")}
+        from minigpt2.model import transformer
+
+        def loss():  # the forward alone, with the masks replayed
+            h = transformer(ids, params, model.config, dropout=drop)
+            return backward.lm_head_and_loss(h, params["wte"], targets, backward=False)[0]
+
+        check_against_finite_differences(loss, picked, {k: flatten(grads)[k] for k in picked})
+    plain = attach(base, adapter, model.lora.scaling)
+    from minigpt2.model import gpt2
+
+    np.testing.assert_array_equal(gpt2(ids, params, model.config), gpt2(ids, plain, model.config))
+
+
+def test_a_run_with_adapter_dropout_resumes_bit_exact(lora_data, tmp_path):
+    from minigpt2.train.__main__ import train_main
+
+    drop = ["--lora-dropout", "0.2"]
+    assert train_main(train_args(lora_data, tmp_path / "straight", "t.txt", 8, *drop)) == 0
+    assert train_main(train_args(lora_data, tmp_path / "halves", "t.txt", 4, *drop)) == 0
+    assert train_main(["--out", str(tmp_path / "halves"), "--resume", "--steps", "8"]) == 0
+    a, b = adapter_arrays(tmp_path / "straight"), adapter_arrays(tmp_path / "halves")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "straight" / "adapter_config.json").read_text())["lora_dropout"] == 0.2

@@ -72,7 +72,8 @@ def train_parser() -> argparse.ArgumentParser:
                    "weight: the --init model stays frozen (memory-mapped); the run saves the adapter in PEFT's "
                    "layout (docs/lora.md)")
     p.add_argument("--lora-alpha", type=float, default=None, help="the adapter's scaling is alpha / rank (default 8)")
-    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (only 0 for now)")
+    p.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapter's input, in training "
+                   "(default 0, as PEFT's)")
     p.add_argument("--lora-targets", default=None, help="layers to adapt, comma-separated: c_attn, c_proj (both "
                    "projections), c_fc (default c_attn)")
     p.add_argument("--init-adapter", default=None, metavar="DIR", help="start from this LoRA adapter (minigpt2's "

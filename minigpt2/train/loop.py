@@ -248,12 +248,13 @@ def with_adapter(cfg: TrainConfig, config: GPT2Config, base: Params) -> tuple[Tr
             lora = check_lora(cfg.lora, config)
         except ArgumentError as e:
             raise TrainingError(f"--{flag(e.name)} {e.message}") from None
-        return cfg, attach(base, init_adapter(config, lora, cfg.seed), lora.scaling)
+        return cfg, attach(base, init_adapter(config, lora, cfg.seed), lora.scaling, lora.dropout)
     try:
         adapter, lora, _ = read_adapter(cfg.init_adapter, config)
     except (AdapterError, OSError) as e:
         raise TrainingError(f"--init-adapter {e}") from None
-    theirs = {"lora_rank": lora.r, "lora_alpha": lora.alpha, "lora_targets": ",".join(lora.targets)}
+    theirs = {"lora_rank": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+              "lora_targets": ",".join(lora.targets)}
     for name, value in theirs.items():
         given = getattr(cfg, name)
         if given is not None and (set(given.split(",")) != set(lora.targets) if name == "lora_targets" else
@@ -261,7 +262,7 @@ def with_adapter(cfg: TrainConfig, config: GPT2Config, base: Params) -> tuple[Tr
             raise TrainingError(f"--{flag(name)} {given} disagrees with --init-adapter {cfg.init_adapter}, which has "
                                 f"{value}; leave the flag out (the adapter's settings are the run's)")
     cfg = dataclasses.replace(cfg, **theirs)
-    return cfg, attach(base, adapter, lora.scaling)
+    return cfg, attach(base, adapter, lora.scaling, lora.dropout)
 
 
 def resumed_model(out: Path, cfg: TrainConfig) -> tuple[GPT2Config, Params]:
@@ -275,7 +276,7 @@ def resumed_model(out: Path, cfg: TrainConfig) -> tuple[GPT2Config, Params]:
         adapter, lora, _ = read_adapter(out, config)
     except (ValueError, OSError) as e:
         raise TrainingError(f"--resume: the LoRA run's base {cfg.init} or its adapter in {out}: {e}") from None
-    return config, attach(base, adapter, lora.scaling)
+    return config, attach(base, adapter, lora.scaling, lora.dropout)
 
 
 def model_of(config: GPT2Config, params: Params, cfg: TrainConfig) -> GPT2:

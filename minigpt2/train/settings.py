@@ -58,7 +58,7 @@ class TrainConfig:
     threads: int | None = None  # NumPy's BLAS threads; default 1 for n_embd <= 256, else every core
     lora_rank: int | None = None  # LoRA (lora.py): train an adapter of this rank, the --init model frozen
     lora_alpha: float | None = None  # its scaling alpha / r; default 8 (PEFT's)
-    lora_dropout: float = 0.0  # dropout on the adapter's input (PEFT's lora_dropout)
+    lora_dropout: float | None = None  # dropout on the adapter's input (PEFT's lora_dropout); default 0
     lora_targets: str | None = None  # comma-separated: c_attn, c_proj, c_fc; default c_attn (PEFT's for GPT-2)
     init_adapter: str | None = None  # start from this adapter (minigpt2's or PEFT's): LoRA with its settings
     recompute_activations: bool = False  # keep each block's input only; recompute the block in the backward
@@ -70,7 +70,7 @@ class TrainConfig:
             return None
         targets = tuple(t.strip() for t in (self.lora_targets or "c_attn").split(",") if t.strip())
         return LoraConfig(r=self.lora_rank, alpha=8.0 if self.lora_alpha is None else self.lora_alpha,
-                          dropout=self.lora_dropout, targets=targets)
+                          dropout=self.lora_dropout or 0.0, targets=targets)
 
     @property
     def peak_lr(self) -> float:
@@ -128,15 +128,15 @@ class TrainConfig:
     def check_lora(self) -> None:
         """The LoRA settings make sense together (their ranges are lora.check_lora's, against the model)."""
         given = [k for k in ("lora_alpha", "lora_targets") if getattr(self, k) is not None]
-        given += ["lora_dropout"] if self.lora_dropout else []
+        given += ["lora_dropout"] if self.lora_dropout is not None else []
         if self.lora_rank is None and self.init_adapter is None and given:
             raise TrainingError(f"--{flag(given[0])} needs --lora-rank R (or --init-adapter DIR)")
         if (self.lora_rank is not None or self.init_adapter is not None) and self.init == "scratch":
             raise TrainingError("--lora-rank: LoRA adapts a trained model, and --init scratch has nothing to adapt; "
                                 "give --init a model")
-        if self.lora_dropout and self.lora_dropout > 0:
-            raise TrainingError(f"--lora-dropout {self.lora_dropout}: dropout on the adapter's input is not built; "
-                                "leave it at 0 (PEFT's default); --dropout drops where GPT-2 does")
+        if self.lora_dropout is not None and not (isinstance(self.lora_dropout, (int, float))
+                                                  and 0 <= self.lora_dropout < 1):
+            raise TrainingError(f"--lora-dropout must be a probability in [0, 1), got {self.lora_dropout!r}")
 
 
 def flag(name: str) -> str:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ..backward import loss, loss_and_grads
 from ..config import GPT2Config
 from ..distributed import World
-from ..lora import trainable
+from ..lora import adapter_drops, trainable
 from ..model import Dropout
 from ..params import Params, flatten, unflatten
 from ..tasks import completion_nll, length_batches
@@ -45,7 +45,7 @@ def step_gradient(batches: list[tuple[np.ndarray, np.ndarray]], by_tokens: bool,
         w = int((y >= 0).sum()) if by_tokens else 1  # what this micro-batch (share) weighs in the step's mean
         if w == 0:
             continue  # an empty share (fewer rows than ranks), or nothing scored
-        drop = Dropout(dropout, drop_rng) if dropout > 0 else None
+        drop = Dropout(dropout, drop_rng) if dropout > 0 or adapter_drops(params) else None
         micro_loss, micro_grads = loss_and_grads(x, y, params, config, drop, grad_scale=w / total, recompute=recompute)
         loss_sum += micro_loss * w
         grads = micro_grads if grads is None else add_into(grads, micro_grads)
