@@ -239,10 +239,12 @@ def forward_for_backward(ids: np.ndarray, params: Params, config: GPT2Config, dr
     return transformer(ids, params, config, record=record, dropout=dropout), acts
 
 
-def recompute_block(params: Params, acts: dict, config: GPT2Config, layer: int, mask: np.ndarray | None,
-                    dropout: Dropout | None) -> None:
-    """Block `layer`'s activations again, into `acts`, from its kept input, with the masks the first forward
-    drew (Dropout.replay): the same arrays, so the same gradients."""
+def recompute_block(params: Params, acts: dict, config: GPT2Config, layer: int, dropout: Dropout | None) -> None:
+    """Block `layer`'s activations again, into `acts`, from its kept input [..., T, C], with the causal mask
+    and the dropout masks the first forward used (Dropout.replay): the same arrays, so the same gradients."""
+    x = acts[f"blocks.{layer}.resid_pre"]  # [..., T, C]
+    T = x.shape[-2]
+    mask = causal_mask(T, T) if T > 1 else None  # [T, T], as the forward's
     def record(name: str, x: np.ndarray) -> np.ndarray:
         if name.rsplit(".", 1)[-1] in SAVED:
             acts[name] = x
@@ -252,7 +254,7 @@ def recompute_block(params: Params, acts: dict, config: GPT2Config, layer: int, 
     if dropout is not None:
         dropout.replay = True
     try:
-        block(acts[f"blocks.{layer}.resid_pre"], params["blocks"][layer], config, layer, None, mask, record, dropout)
+        block(x, params["blocks"][layer], config, layer, None, mask, record, dropout)
     finally:
         if dropout is not None:
             dropout.replay = False
@@ -273,7 +275,7 @@ def gpt2_backward(dh: np.ndarray, ids: np.ndarray, params: Params, config: GPT2C
     blocks = [None] * config.n_layer
     for layer in reversed(range(config.n_layer)):
         if recompute:  # this block's activations, made again from its input and dropped right after
-            recompute_block(params, acts, config, layer, mask, dropout)
+            recompute_block(params, acts, config, layer, dropout)
         dx, blocks[layer] = block_backward(dx, params["blocks"][layer], acts, config, layer, mask, dropout, frozen)
         if recompute:
             for name in [k for k in acts if k.startswith(f"blocks.{layer}.") and not k.endswith(".resid_pre")]:
