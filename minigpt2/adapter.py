@@ -21,8 +21,8 @@ import numpy as np
 
 from .config import GPT2Config
 from .files import write_atomically
-from .lora import TARGETS, LoraConfig, check_lora
-from .params import Params, param_shapes
+from .lora import TARGETS, LoraConfig, adapted_layers, check_lora
+from .params import Params
 from .safetensors import SafetensorsError, read_safetensors, write_safetensors
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -130,25 +130,21 @@ def read_adapter(path: str | os.PathLike, config: GPT2Config) -> tuple[Params, L
         tensors, _ = read_safetensors(Path(path) / WEIGHTS)
     except (FileNotFoundError, SafetensorsError) as e:
         raise AdapterError(f"{path}: {e}") from None
-    shapes = param_shapes(config)
-    blocks, expected = [], set()
-    for i in range(config.n_layer):
-        block: Params = {}
-        for group, layer in lora.places():
-            out, n_in = shapes[f"blocks.{i}.{group}.{layer}.w"]
-            pair = {}
-            for which, shape in (("A", (lora.r, n_in)), ("B", (out, lora.r))):
-                name = tensor_name(i, group, layer, which)
-                expected.add(name)
-                if name not in tensors:
-                    raise AdapterError(f"{path}: {name} is missing; the adapter does not fit this base model "
-                                       f"({config.n_layer} blocks, width {config.n_embd})")
-                if tuple(tensors[name].shape) != shape:
-                    raise AdapterError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, but this base model "
-                                       f"needs {shape}: the adapter was made for another base")
-                pair[f"lora_{which}"] = np.array(tensors[name], dtype=np.float32)
-            block.setdefault(group, {})[layer] = pair
-        blocks.append(block)
+    blocks: list[Params] = [{} for _ in range(config.n_layer)]
+    expected = set()
+    for i, group, layer, out, n_in in adapted_layers(config, lora):
+        pair = {}
+        for which, shape in (("A", (lora.r, n_in)), ("B", (out, lora.r))):
+            name = tensor_name(i, group, layer, which)
+            expected.add(name)
+            if name not in tensors:
+                raise AdapterError(f"{path}: {name} is missing; the adapter does not fit this base model "
+                                   f"({config.n_layer} blocks, width {config.n_embd})")
+            if tuple(tensors[name].shape) != shape:
+                raise AdapterError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, but this base model "
+                                   f"needs {shape}: the adapter was made for another base")
+            pair[f"lora_{which}"] = np.array(tensors[name], dtype=np.float32)
+        blocks[i].setdefault(group, {})[layer] = pair
     extra = sorted(set(tensors) - expected)
     if extra:
         raise AdapterError(f"{path}: tensor {extra[0]} belongs to no layer of this base model "

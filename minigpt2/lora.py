@@ -77,29 +77,39 @@ def init_adapter(config: GPT2Config, lora: LoraConfig, seed: int = 0) -> Params:
     """A fresh adapter: per adapted layer, lora_A [r, in] ~ U(-1/sqrt(in), 1/sqrt(in)) and lora_B [out, r] = 0,
     float32, drawn block by block in forward order."""
     rng = np.random.default_rng(seed)
+    blocks: list[Params] = [{} for _ in range(config.n_layer)]
+    for i, group, layer, out, n_in in adapted_layers(config, lora):
+        bound = 1.0 / np.sqrt(n_in)
+        a = rng.uniform(-bound, bound, size=(lora.r, n_in)).astype(np.float32)  # [r, in]
+        blocks[i].setdefault(group, {})[layer] = {"lora_A": a, "lora_B": np.zeros((out, lora.r), np.float32)}
+    return {"blocks": blocks}
+
+
+def adapted_layers(config: GPT2Config, lora: LoraConfig):
+    """(block, group, layer, out, in) of every layer the adapter adapts, block by block in forward order."""
     shapes = param_shapes(config)
-    blocks = []
     for i in range(config.n_layer):
-        block: Params = {}
         for group, layer in lora.places():
             out, n_in = shapes[f"blocks.{i}.{group}.{layer}.w"]
-            bound = 1.0 / np.sqrt(n_in)
-            a = rng.uniform(-bound, bound, size=(lora.r, n_in)).astype(np.float32)  # [r, in]
-            block.setdefault(group, {})[layer] = {"lora_A": a, "lora_B": np.zeros((out, lora.r), np.float32)}
-        blocks.append(block)
-    return {"blocks": blocks}
+            yield i, group, layer, out, n_in
 
 
 def attach(params: Params, adapter: Params, scaling: float, dropout: float = 0.0) -> Params:
     """The params tree with the adapter beside each adapted layer's w and b (no array copied: the base
     weights are shared, frozen); `dropout`, the adapter's own (on its input, in training only)."""
+    return replace_layers(params, adapter, lambda p, ab: {**p, **ab, "lora_scaling": scaling, "lora_dropout": dropout})
+
+
+def replace_layers(params: Params, adapter: Params, make) -> Params:
+    """The params tree with each adapted layer's dict replaced by make(its params, its adapter's {"lora_A",
+    "lora_B"}); every other dict and array shared."""
     blocks = []
     for p, a in zip(params["blocks"], adapter["blocks"]):
         block = dict(p)
         for group, layers in a.items():
             block[group] = dict(p[group])
             for layer, ab in layers.items():
-                block[group][layer] = {**p[group][layer], **ab, "lora_scaling": scaling, "lora_dropout": dropout}
+                block[group][layer] = make(p[group][layer], ab)
         blocks.append(block)
     return {**params, "blocks": blocks}
 
@@ -161,14 +171,8 @@ def lora_delta_backward(dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndar
 def merge(params: Params, adapter: Params, scaling: float) -> Params:
     """The params with the adapter folded in: W + s B A for each adapted layer (those w are new arrays; the
     rest is shared)."""
-    blocks = []
-    for p, a in zip(params["blocks"], adapter["blocks"]):
-        block = dict(p)
-        for group, layers in a.items():
-            block[group] = dict(p[group])
-            for layer, ab in layers.items():
-                w = p[group][layer]["w"]  # [out, in]
-                delta = (ab["lora_B"].astype(np.float64) @ ab["lora_A"].astype(np.float64)) * scaling
-                block[group][layer] = {**p[group][layer], "w": (w + delta).astype(w.dtype)}
-        blocks.append(block)
-    return {**params, "blocks": blocks}
+    def merged(p: Params, ab: Params) -> Params:
+        delta = (ab["lora_B"].astype(np.float64) @ ab["lora_A"].astype(np.float64)) * scaling  # [out, in]
+        return {**p, "w": (p["w"] + delta).astype(p["w"].dtype)}
+
+    return replace_layers(params, adapter, merged)
