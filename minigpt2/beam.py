@@ -69,8 +69,9 @@ def beam_search(model, prompt: np.ndarray, max_new_tokens: int, num_beams: int, 
         ends = token == eot_id if eot_id is not None else np.zeros(K, dtype=bool)  # [K]
         ends |= step + 1 == max_new_tokens  # the last allowed token ends every candidate
         # the next beams: the best candidates that did not end
-        next_ = best_first(scores + ends * np.float32(NEVER), B)  # [B]
-        running, running_scores, source = candidates[next_], (scores + ends * np.float32(NEVER))[next_], beam[next_]
+        still = scores + ends * np.float32(NEVER)  # [K]: an ended candidate cannot run on
+        next_ = best_first(still, B)  # [B]
+        running, running_scores, source = candidates[next_], still[next_], beam[next_]
         # the finished list: its places and the candidates that just ended, the best B of them
         just_ended = ends & (np.arange(K) < B)  # [K]: only the first B candidates may enter the list
         penalised = scores / float(step + 1) ** length_penalty  # [K]

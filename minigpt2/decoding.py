@@ -230,12 +230,12 @@ def generate(model, ids, max_new_tokens: int, *, num_samples: int | None = None,
     transformers returns them. With num_beams > 1 (and temperature=0): beam search (beam.py), the best
     hypothesis, or the best `num_return_sequences` of them, best first.
     """
-    check_beam_args(num_beams, length_penalty, early_stopping, num_return_sequences, kwargs.get("temperature", 1.0),
-                    num_samples, kwargs.get("stop"))
     if num_beams != 1:
         return generate_beams(model, ids, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                               early_stopping=early_stopping, num_return_sequences=num_return_sequences,
-                              progress=progress, eot_id=eot_id, **kwargs)
+                              progress=progress, eot_id=eot_id, num_samples=num_samples, **kwargs)
+    # beam settings without beams (stream checks the rest)
+    check_beam_args(num_beams, length_penalty, early_stopping, num_return_sequences, 1.0, num_samples, None)
     steps = stream(model, ids, max_new_tokens, num_samples=num_samples, eot_id=eot_id, **kwargs)
     rows = [np.atleast_1d(s) for s in tqdm(steps, total=max_new_tokens, desc="generating", unit="tok",
                                            disable=not progress, leave=False)]
@@ -255,7 +255,7 @@ def generate_beams(model, ids, max_new_tokens: int, *, num_beams: int, length_pe
                    progress: bool = False, eot_id: int | None = None, temperature: float = 1.0,
                    stop_at_eot: bool = True, repetition_penalty: float | None = None,
                    no_repeat_ngram_size: int | None = None, min_new_tokens: int = 0, stop: list[str] | None = None,
-                   tokenizer=None, **others):
+                   tokenizer=None, num_samples: int | None = None, **others):
     """`generate` with num_beams > 1: the checks, then beam.beam_search; the ends of text left out."""
     given = sorted(k for k, v in others.items() if v not in (None, 0))
     if given and given != ["seed"]:  # a seed changes nothing in a deterministic search: allowed
@@ -264,7 +264,8 @@ def generate_beams(model, ids, max_new_tokens: int, *, num_beams: int, length_pe
     check_generation_args(max_new_tokens, temperature=temperature, repetition_penalty=repetition_penalty,
                           no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
                           num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-                          num_return_sequences=num_return_sequences, stop=stop, tokenizer=tokenizer)
+                          num_return_sequences=num_return_sequences, stop=stop, tokenizer=tokenizer,
+                          num_samples=num_samples)
     prompt, eot_id = check_prompt(model, ids, eot_id, max_new_tokens)
     if prompt.size + max_new_tokens > model.config.n_ctx:
         raise ArgumentError("max_new_tokens", f"beam search keeps every beam's whole text in the model's context: "

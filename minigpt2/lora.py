@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import is_real, is_whole
 from .config import ArgumentError, GPT2Config
 from .params import Params, param_shapes
 
@@ -57,18 +58,15 @@ def check_lora(lora: LoraConfig, config: GPT2Config) -> LoraConfig:
     if unknown or not lora.targets:
         raise ArgumentError("lora_targets", f"{unknown[0]!r} is not a GPT-2 layer; choose from "
                                             f"{', '.join(TARGETS)}" if unknown else "names no layer")
-    if isinstance(lora.r, bool) or not isinstance(lora.r, (int, np.integer)) or lora.r <= 0:
+    if not is_whole(lora.r) or lora.r <= 0:
         raise ArgumentError("lora_rank", f"must be a whole number >= 1, got {lora.r!r}")
-    smallest = min(min(shape) for name, shape in param_shapes(config).items()
-                   if name.startswith("blocks.0.") and name.endswith(".w")
-                   and tuple(name.split(".")[2:4]) in lora.places())
+    smallest = min(min(out, n_in) for *_, out, n_in in adapted_layers(config, lora))
     if lora.r > smallest:
         raise ArgumentError("lora_rank", f"{lora.r} is larger than the adapted layers allow ({smallest}, their "
                                          "smaller side): a low-rank update needs r below it")
-    if not isinstance(lora.alpha, (int, float)) or isinstance(lora.alpha, bool) or not np.isfinite(lora.alpha) \
-            or lora.alpha <= 0:
+    if not is_real(lora.alpha) or not np.isfinite(lora.alpha) or lora.alpha <= 0:
         raise ArgumentError("lora_alpha", f"must be a finite number > 0, got {lora.alpha!r}")
-    if not isinstance(lora.dropout, (int, float)) or not 0 <= lora.dropout < 1:
+    if not is_real(lora.dropout) or not 0 <= lora.dropout < 1:
         raise ArgumentError("lora_dropout", f"must be in [0, 1), got {lora.dropout!r}")
     return lora
 
@@ -114,34 +112,38 @@ def replace_layers(params: Params, adapter: Params, make) -> Params:
     return {**params, "blocks": blocks}
 
 
+def attached_layers(params: Params):
+    """(block, group, layer, its params dict) of every layer of a params tree that carries an adapter, block by
+    block in forward order."""
+    for i, block in enumerate(params["blocks"]):
+        for group, layer in PLACES:
+            p = block[group][layer]
+            if "lora_A" in p:
+                yield i, group, layer, p
+
+
 def has_adapter(params: Params) -> bool:
     """Whether a params tree carries an adapter (then its base is frozen)."""
-    return any("lora_A" in layer for block in params["blocks"] for group in block.values()
-               if isinstance(group, dict) for layer in group.values() if isinstance(layer, dict))
+    return next(attached_layers(params), None) is not None
 
 
 def adapter_of(params: Params) -> Params:
     """The adapter part of an attached tree (the shape of `init_adapter`'s): what a LoRA run trains."""
-    return {"blocks": [{g: {n: {k: layer[k] for k in ("lora_A", "lora_B")} for n, layer in group.items()
-                            if isinstance(layer, dict) and "lora_A" in layer}
-                        for g, group in block.items() if isinstance(group, dict)
-                        and any(isinstance(x, dict) and "lora_A" in x for x in group.values())}
-                       for block in params["blocks"]]}
+    blocks: list[Params] = [{} for _ in params["blocks"]]
+    for i, group, layer, p in attached_layers(params):
+        blocks[i].setdefault(group, {})[layer] = {"lora_A": p["lora_A"], "lora_B": p["lora_B"]}
+    return {"blocks": blocks}
 
 
 def base_of(params: Params) -> Params:
     """An attached tree without its adapter: the base model's params (the same arrays)."""
-    def plain(layer):
-        return {k: v for k, v in layer.items() if not k.startswith("lora_")} if isinstance(layer, dict) else layer
-    blocks = [{g: {n: plain(x) for n, x in group.items()} if isinstance(group, dict) else group
-               for g, group in block.items()} for block in params["blocks"]]
-    return {**params, "blocks": blocks}
+    return replace_layers(params, adapter_of(params),
+                          lambda p, ab: {k: v for k, v in p.items() if not k.startswith("lora_")})
 
 
 def adapter_drops(params: Params) -> bool:
     """Whether an attached adapter drops its input in training (lora_dropout > 0)."""
-    return any(layer.get("lora_dropout", 0.0) > 0 for block in params["blocks"] for group in block.values()
-               if isinstance(group, dict) for layer in group.values() if isinstance(layer, dict))
+    return any(p["lora_dropout"] > 0 for *_, p in attached_layers(params))
 
 
 def trainable(params: Params) -> Params:

@@ -334,7 +334,7 @@ def measure_lora(rows: list, results: dict) -> None:
                 r = lora_in_process(B, T, 1, recompute, path=path)
                 name = f"{size} LoRA step ({B} x {T}{', recomputed' if recompute else ''})"
                 results[name] = {"peak_rss": r["peak_rss"], "step_seconds": r["times"][0]}
-                target = {(True,): 8.5e9, (False,): 9e9}[(recompute,)] if size == "1558M" else None
+                target = (8.5e9 if recompute else 9e9) if size == "1558M" else None
                 rows.append((f"{name}: peak RSS GB", one_value(r["peak_rss"] / 1e9),
                              one_value((target or r["peak_rss"]) / 1e9), "<= 1.0x" if target else ""))
                 rows.append((f"{name}: seconds", one_value(r["times"][0]), one_value(r["times"][0]), ""))

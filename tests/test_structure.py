@@ -26,7 +26,7 @@ ALLOWED = {
     "explain": {"vocab"},
     "tokenizer": {"bpe_train", "bundled", "explain", "tokenizer_fast", "files", "vocab", "download", "safetensors"},
     "params": {"config"},
-    "lora": {"config", "params"},
+    "lora": {"checks", "config", "params"},
     "model": {"checks", "config", "dispatch", "lora", "ops", "params"},
     "backward": {"config", "dispatch", "lora", "model", "ops", "params"},
     "save": {"config", "files", "params", "safetensors"},
