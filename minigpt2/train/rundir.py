@@ -165,8 +165,11 @@ BEST_DIR = "best"  # inside a run's directory: the model of the step with the lo
 
 def best_so_far(out: Path) -> tuple[int, float]:
     """(step, validation loss) of the model in out/best, or (0, inf) if there is none yet."""
+    best = model_file(out / BEST_DIR)
+    if best is None:
+        return 0, math.inf
     try:
-        meta = read_safetensors(model_file(out / BEST_DIR) or out / BEST_DIR / CONVERTED_FILE)[1]
+        meta = read_safetensors(best)[1]
         return int(meta["best_step"]), float(meta["val_loss"])
     except (OSError, ValueError, KeyError):
         return 0, math.inf
