@@ -194,3 +194,15 @@ def test_one_seam_between_textbook_and_tuned_code():
 
     marked = {f.key for mod in (ops, model, backward, optim) for f in vars(mod).values() if hasattr(f, "textbook")}
     assert marked == set(dispatch._tuned_forms), "a @tunable without a tuned form, or a tuned form of nothing"
+
+
+def test_every_installed_command_names_a_function_that_exists():
+    """pyproject's [project.scripts] (`minigpt2-generate`, ...) point at the commands where they live now."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) >= {"minigpt2", "minigpt2-generate", "minigpt2-train", "minigpt2-evaluate", "minigpt2-export"}
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{name} -> {target}"
