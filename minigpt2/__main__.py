@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from .evaluate.__main__ import evaluate_main
+from .explore.__main__ import explore_main
 from .export import export_main
 from .generate import generate_main
 from .train.__main__ import train_main
@@ -16,6 +17,8 @@ COMMANDS = {
     "train": ("pre-train or fine-tune on text or a .jsonl task file", train_main),
     "evaluate": ("perplexity of text files, scores of task files", evaluate_main),
     "export": ("write a model in Hugging Face's layout", export_main),
+    "explore": ("write one offline HTML page to look inside the model (attention, logit lens, next token)",
+                explore_main),
 }
 
 

@@ -4,7 +4,8 @@
     python -m minigpt2.train --data FILE --out DIR ...           train/__main__.py
     python -m minigpt2.evaluate FILE ... [--model DIR] ...       evaluate/__main__.py
     python -m minigpt2.export MODEL DEST                         export.py
-    python -m minigpt2 [COMMAND ...]                             __main__.py (the list, or one of the four)
+    python -m minigpt2.explore "text" [--model 124M] --out F     explore/__main__.py
+    python -m minigpt2 [COMMAND ...]                             __main__.py (the list, or one of the five)
 
 Each flag mirrors the keyword argument of the same name (--top-p: top_p). The library checks its arguments
 and raises ArgumentError naming the argument; here that becomes the flag. Exit codes: 0 done, 2 bad input
@@ -15,12 +16,19 @@ run was stopped by one (130 Ctrl-C, 143 SIGTERM).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
+from .adapter import AdapterError
 from .config import ArgumentError
 from .distributed import launched_rank, launched_size
+from .download import DownloadError, unavailable_message
+from .files import decode_utf8
+from .gpt2 import GPT2
+from .tokenizer import Tokenizer
 from .version import __version__
+from .vocab import EOT_ID
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,3 +87,44 @@ def fail(prog: str, e: Exception) -> int:
     message = f"--{e.name.replace('_', '-')} {e.message}" if isinstance(e, ArgumentError) else str(e)
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+def read_prompt(arg: str) -> str:
+    """The prompt: the argument, or standard input for '-', as UTF-8 text (one message for bytes that are not,
+    from either)."""
+    if arg == "-":
+        return decode_utf8(sys.stdin.buffer.read(), "standard input")
+    # subtle: Python hands over argument bytes that are not UTF-8 as lone surrogates; back to those bytes
+    return decode_utf8(arg.encode("utf-8", "surrogateescape"), "the prompt")
+
+
+DEFAULT_MODEL, FALLBACK_MODEL = "124M", "tiny"
+
+
+def some_model(prog: str, name: str | None, adapter: str | None = None) -> tuple[GPT2, str]:
+    """(the model, its name) for a command that can run with any: `name`, or by default GPT-2 124M, and when that
+    is neither cached nor downloadable the bundled model, said in one line on stderr. A model named explicitly, or one an adapter needs, is never
+    replaced: a DownloadError becomes the one line that says how to get it."""
+    try:
+        return GPT2.from_pretrained(name or DEFAULT_MODEL, adapter=adapter), name or DEFAULT_MODEL
+    except AdapterError as e:
+        raise AdapterError(f"--adapter {e}") from None
+    except DownloadError as e:
+        line = unavailable_message(name or DEFAULT_MODEL, e)
+        if name is not None or adapter is not None:
+            raise DownloadError(line) from None
+    print(f"{prog}: {line}. Using minigpt2's bundled model '{FALLBACK_MODEL}' instead (a small model "
+          "trained on Python's documentation, not GPT-2)", file=sys.stderr)
+    return GPT2.from_pretrained(FALLBACK_MODEL), FALLBACK_MODEL
+
+
+def model_tokenizer(prog: str, model: str, n_vocab: int) -> Tokenizer:
+    """The model's own vocabulary; for a directory without one, GPT-2's if the sizes fit (saying so)."""
+    try:
+        return Tokenizer.from_pretrained(model)
+    except FileNotFoundError:
+        if not os.path.isdir(model) or n_vocab != EOT_ID + 1:
+            raise
+    print(f"{prog}: {model} holds no vocabulary; using GPT-2's (save the model with its tokenizer, "
+          "model.save(dir, tokenizer), to keep its own)", file=sys.stderr)
+    return Tokenizer.from_pretrained("124M")

@@ -14,16 +14,14 @@ import sys
 
 import numpy as np
 
-from .cli import Parser, command, fail, parse_in_one_process
-from .adapter import AdapterError, adapter_base
+from .adapter import adapter_base
+from .cli import Parser, command, fail, model_tokenizer, parse_in_one_process, read_prompt, some_model
 from .config import ArgumentError
 from .decoding import StopStrings, check_generation_args, generate, stream
-from .download import DownloadError, unavailable_message
-from .files import decode_utf8
-from .gpt2 import GPT2
+from .download import DownloadError
 from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
-from .vocab import ENDOFTEXT, EOT_ID
+from .vocab import ENDOFTEXT
 
 
 def generate_parser() -> argparse.ArgumentParser:
@@ -85,8 +83,8 @@ def generate_main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="replace")
     try:
         prompt = read_prompt(args.prompt)
-        model, name = generation_model(adapter_base(args.model, args.adapter), args.adapter)
-        tok = model_tokenizer(name, model.config.n_vocab)
+        model, name = some_model("minigpt2-generate", adapter_base(args.model, args.adapter), args.adapter)
+        tok = model_tokenizer("minigpt2-generate", name, model.config.n_vocab)
         eot_id = tok.special_tokens.get(ENDOFTEXT)
         if not prompt and eot_id is None:
             raise ValueError("an empty prompt starts after <|endoftext|>, which this vocabulary does not have")
@@ -119,47 +117,6 @@ def decoding_options(args: argparse.Namespace) -> dict:
     sampling = dict(top_k=(None if beams else 40) if args.top_k is None else args.top_k or None, top_p=args.top_p,
                     min_p=args.min_p, typical_p=args.typical_p, seed=args.seed, num_samples=args.num_samples)
     return {**options, **({k: v for k, v in sampling.items() if v is not None} if beams else sampling)}
-
-
-def read_prompt(arg: str) -> str:
-    """The prompt: the argument, or standard input for '-', as UTF-8 text (one message for bytes that are not,
-    from either)."""
-    if arg == "-":
-        return decode_utf8(sys.stdin.buffer.read(), "standard input")
-    # subtle: Python hands over argument bytes that are not UTF-8 as lone surrogates; back to those bytes
-    return decode_utf8(arg.encode("utf-8", "surrogateescape"), "the prompt")
-
-
-DEFAULT_MODEL, FALLBACK_MODEL = "124M", "tiny"
-
-
-def generation_model(name: str | None, adapter: str | None = None) -> tuple[GPT2, str]:
-    """(the model, its name): `name`, or by default GPT-2 124M, and when that is neither cached nor downloadable
-    the bundled model, said in one line on stderr. A model named explicitly, or one an adapter needs, is never
-    replaced: a DownloadError becomes the one line that says how to get it."""
-    try:
-        return GPT2.from_pretrained(name or DEFAULT_MODEL, adapter=adapter), name or DEFAULT_MODEL
-    except AdapterError as e:
-        raise AdapterError(f"--adapter {e}") from None
-    except DownloadError as e:
-        line = unavailable_message(name or DEFAULT_MODEL, e)
-        if name is not None or adapter is not None:
-            raise DownloadError(line) from None
-    print(f"minigpt2-generate: {line}. The text below is by minigpt2's bundled model '{FALLBACK_MODEL}' (a small "
-          "model trained on Python's documentation), not by GPT-2", file=sys.stderr)
-    return GPT2.from_pretrained(FALLBACK_MODEL), FALLBACK_MODEL
-
-
-def model_tokenizer(model: str, n_vocab: int) -> Tokenizer:
-    """The model's own vocabulary; for a directory without one, GPT-2's if the sizes fit (saying so)."""
-    try:
-        return Tokenizer.from_pretrained(model)
-    except FileNotFoundError:
-        if not os.path.isdir(model) or n_vocab != EOT_ID + 1:
-            raise
-    print(f"minigpt2-generate: {model} holds no vocabulary; using GPT-2's (save the model with its tokenizer, "
-          "model.save(dir, tokenizer), to keep its own)", file=sys.stderr)
-    return Tokenizer.from_pretrained("124M")
 
 
 def print_continuations(model, tok: Tokenizer, ids: list[int], args: argparse.Namespace, options: dict) -> None:

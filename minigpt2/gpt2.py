@@ -17,6 +17,7 @@ from . import backward
 from .adapter import AdapterError, is_adapter, read_adapter, read_adapter_config, write_adapter
 from .config import GPT2Config
 from .decoding import generate, stream
+from .explore import Page, explore
 from .load import load_model
 from .lora import LoraConfig, attach, check_lora, init_adapter, merge
 from .model import KVCache, check_ids, gpt2, recorder
@@ -188,6 +189,13 @@ class GPT2:
             raise ValueError(f"{unmatched[0]!r} matches no activation of this model; names look like "
                              f"'blocks.0.attn.z' (blocks 0..{self.config.n_layer - 1}); see activation_names()")
         return logits, recorded
+
+    def explore(self, text_or_ids, tok=None, *, title: str | None = None, name: str | None = None,
+                progress: bool = False) -> Page:
+        """A page that shows what the model does with a text (cut by `tok`) or ids [T]: attention (head view, model
+        view), the logit lens, the next token under temperature / top-k / top-p, each token's surprise. Shown
+        inline in Jupyter; `.save("page.html")` writes it as one file that works offline (minigpt2.explore)."""
+        return explore(self, text_or_ids, tok, title=title, name=name, progress=progress)
 
     def activation_names(self) -> list[str]:
         """Every name `run_with_activations` records, in the order the forward pass makes them."""

@@ -35,7 +35,8 @@ ALLOWED = {
     "beam": {"model", "ops", "sample"},
     "decoding": {"beam", "checks", "config", "machine", "model", "sample", "vocab"},
     "adapter": {"config", "files", "lora", "params", "safetensors"},
-    "gpt2": {"adapter", "backward", "config", "decoding", "load", "lora", "model", "params", "save", "vocab"},
+    "explore": {"files", "ops"},  # the page's numbers; page.html, page.css and page.js beside it draw them
+    "gpt2": {"adapter", "backward", "config", "decoding", "explore", "load", "lora", "model", "params", "save", "vocab"},
     "optim": {"dispatch", "params"},
     "fast": {"backward", "dispatch", "model", "ops", "optim"},  # the tuned forms import the textbook ones
     "tasks": {"backward", "checks", "config", "files", "model", "params", "tokenizer", "vocab"},
@@ -53,13 +54,14 @@ ALLOWED = {
                    "train.stop"},
     "train": {"train.data", "train.loop", "train.rundir", "train.settings", "train.step", "train.stop"},
     # the command lines: what they share (cli), then one file a command, then the list of them
-    "cli": {"config", "distributed", "version"},
-    "generate": {"adapter", "cli", "config", "decoding", "download", "files", "gpt2", "tf_checkpoint", "tokenizer", "vocab"},
+    "cli": {"adapter", "config", "distributed", "download", "files", "gpt2", "tokenizer", "version", "vocab"},
+    "generate": {"adapter", "cli", "config", "decoding", "download", "tf_checkpoint", "tokenizer", "vocab"},
+    "explore.__main__": {"adapter", "cli", "download", "tf_checkpoint"},
     "train.__main__": {"cli", "distributed", "download", "tf_checkpoint", "train"},
     "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "gpt2", "tasks", "tf_checkpoint", "tokenizer"},
     "export": {"adapter", "cli", "download", "gpt2", "save", "tf_checkpoint", "tokenizer"},
     "__init__": {"config", "dispatch", "fast", "gpt2", "model", "tokenizer", "version"},
-    "__main__": {"evaluate.__main__", "export", "generate", "train.__main__", "version"},
+    "__main__": {"evaluate.__main__", "explore.__main__", "export", "generate", "train.__main__", "version"},
 }
 RUNTIME_DEPENDENCIES = {"numpy", "regex", "requests", "tqdm"}
 
