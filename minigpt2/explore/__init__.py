@@ -79,7 +79,7 @@ def surprises(logits: np.ndarray, ids: np.ndarray, log_z: np.ndarray) -> np.ndar
 def keys_kept(T: int, n_layer: int, n_head: int) -> int:
     """Keys kept per query: all T up to DENSE_UP_TO tokens, or while the causal half (one byte a weight) fits in
     ATTENTION_BYTES; else the largest K, with K such that K weights and their positions (3 bytes) a query fit in
-    it, at least MIN_KEYS. 124M (144 heads): all up to 220 tokens; at 1024 tokens, 8."""
+    it, at least MIN_KEYS. 124M (144 heads): all up to 219 tokens; at 1024 tokens, 8."""
     if T <= DENSE_UP_TO or n_layer * n_head * T * (T + 1) // 2 <= ATTENTION_BYTES:
         return T
     return min(T, max(MIN_KEYS, ATTENTION_BYTES // (3 * n_layer * n_head * T)))
@@ -171,6 +171,8 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
         text = text_or_ids
     else:
         ids = np.asarray(text_or_ids)
+        if ids.size == 0:
+            raise ValueError("no tokens: there is nothing to look at")
         if ids.ndim != 1:
             raise ValueError(f"explore looks at one text: ids of shape [T], got shape {ids.shape}")
         text = tok.decode(ids.tolist()) if tok is not None and ids.size and np.issubdtype(ids.dtype, np.integer) \
