@@ -8,7 +8,9 @@ the memory-bandwidth roofline; prefill >= 1.3x; 4-sample batch decode >= 3x sing
 logits <= 0.5 s after the start of loading; peak RSS <= 1.15x the weight bytes; tokenizer >= 0.5x tiktoken
 and >= 2x transformers' tokenizer; the 1558M model runs in under 8 GB. Training (issue "Train at the speed
 of the hardware"): a step >= 1.3x transformers' tokens/s and >= 60% of the matrix-product bound, peak RSS
-<= 0.7x transformers', fine-tuning the 774M shape at 1 x 256 tokens in under 16 GB.
+<= 0.7x transformers', fine-tuning the 774M shape at 1 x 256 tokens in under 16 GB. The explorer page
+(--only-explore): explore() <= 2 s at 128 tokens; the page <= 3 MB and interactive <= 1 s in headless Chromium
+at 128 tokens, <= 12 MB and 3 s at 1024.
 
 Needs the test and reference extras (pip install -e ".[test,reference]"), with torch installed as you want
 it (a CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu).
@@ -51,6 +53,9 @@ def parse_args():
                    "directory; --skip-xl leaves those out)")
     p.add_argument("--only-tasks", action="store_true", help="only the task rows: scoring a 1,000-example choice "
                    "file, and a task-file training step against a text step of the same tokens")
+    p.add_argument("--only-explore", action="store_true", help="only the explorer rows: model.explore at 128 tokens "
+                   "(against the plain forward pass), the page's size at 128 and 1024 tokens and the time until it is "
+                   "interactive in headless Chromium")
     p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
     p.add_argument("--mpi", action="store_true", help="add the data-parallel training rows: --ranks processes "
                    "under mpiexec sharing the cores (one BLAS thread each on 2 cores) at the training shapes, and "
@@ -585,10 +590,50 @@ def measure_beam_decode(model, prompt, hf, rows, results) -> None:
     rows.append(("beam-4 decode tokens/s", ours, ref, ">= 1.5x"))
 
 
+def measure_explore(model: GPT2, rows: list, results: dict) -> None:
+    """The explorer (issue "See inside the model"): explore() at 128 tokens against one plain forward pass of the
+    same tokens; the page's size at 128 and 1024 tokens; the time from navigation until the page is interactive
+    (explorer.readyMs) in headless Chromium, fresh loads of the saved file."""
+    sys.path.insert(0, str(REPO))
+    from tests.browser import open_chromium
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.config.n_vocab, size=model.config.n_ctx)
+    t = alternate({"explore": lambda: model.explore(ids[:128]), "forward": lambda: model(ids[:128])}, ARGS.reps)
+    results["explore_128"] = {"seconds": statistics.median(t["explore"]), "forward_seconds": statistics.median(t["forward"])}
+    rows.append(("explore, 128 tokens (s; vs a forward pass)", rate(1, [1 / x for x in t["explore"]]),
+                 rate(1, [1 / x for x in t["forward"]]), "<= 2 s"))
+    driver = open_chromium()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for T, mb, ready in ((128, 3, 1000), (1024, 12, 3000)):
+                start = time.perf_counter()
+                page = model.explore(ids[:T])
+                seconds = time.perf_counter() - start
+                path = page.save(Path(tmp) / f"page{T}.html")
+                loads = []
+                for _ in range(ARGS.reps):
+                    driver.get("about:blank")
+                    driver.get(path.as_uri())
+                    loads.append(driver.execute_script("return explorer.readyMs"))
+                size = path.stat().st_size / 1e6
+                results[f"explore_page_{T}"] = {"megabytes": size, "ready_ms": loads, "explore_seconds": seconds}
+                rows.append((f"page at {T} tokens: MB (limit)", one_value(size), one_value(mb), f"<= {mb} MB"))
+                rows.append((f"page at {T} tokens: ms to interactive", rate(1, [1 / x for x in loads]), one_value(ready),
+                             f"<= {ready} ms"))
+    finally:
+        driver.quit()
+
+
 def main() -> int:
     reps, n_new = ARGS.reps, ARGS.new_tokens
     config = GPT2Config.from_name(ARGS.size)
     model = GPT2.init(config, seed=0)
+    if ARGS.only_explore:
+        rows, results = [], {"machine": machine(), "size": ARGS.size, "threads": ARGS.threads}
+        measure_explore(model, rows, results)
+        print(json.dumps(results, indent=2)) if ARGS.json else print_table(rows, results)
+        return 0
     hf = hf_twin(model)
     weight_bytes = sum(a.nbytes for a in flatten(model.params).values())
     rows, results = [], {"machine": machine(), "size": ARGS.size, "threads": ARGS.threads}

@@ -196,12 +196,21 @@
         const canvas = el("canvas", { width: S, height: S, title: `layer ${l}, head ${h}` });
         canvas.dataset.layer = l;
         canvas.dataset.head = h;
-        const img = new Float32Array(S * S);
+        const img = new Float32Array(S * S);  // each bin's largest weight, read straight from the stored bytes
         for (let t = 0; t < T; t++) {
-          const row = attentionRow(l, h, t), y = Math.floor(t * scale) * S;
-          for (let j = 0; j <= t; j++) {
-            const x = Math.floor(j * scale);
-            if (row[j] > img[y + x]) img[y + x] = row[j];
+          const y = Math.floor(t * scale) * S;
+          if (dense) {
+            const start = (l * H + h) * half + t * (t + 1) / 2;
+            for (let j = 0; j <= t; j++) {
+              const i = y + Math.floor(j * scale), w = weights[start + j] / 255;
+              if (w > img[i]) img[i] = w;
+            }
+          } else {
+            const start = ((l * H + h) * T + t) * K;
+            for (let k = 0; k < K; k++) {
+              const j = positions[start + k], i = y + Math.floor(j * scale), w = weights[start + k] / 255;
+              if (j <= t && w > img[i]) img[i] = w;
+            }
           }
         }
         const ctx = canvas.getContext("2d"), pixels = ctx.createImageData(S, S);
