@@ -189,3 +189,27 @@ def test_a_screenshot_is_not_blank(opened, tmp_path):
     image = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
     colours = np.unique(image.reshape(-1, 3), axis=0)
     assert len(colours) > 50 and (image < 200).mean() > 0.01  # text, heatmaps, bars: not one flat colour
+
+
+def test_a_one_token_page_and_a_large_vocabulary(browser, tmp_path):
+    """The smallest page (one token: nothing predicts it, one weight of 1), and a vocabulary far larger than the
+    1,000 tokens stored: at another temperature with top-k off the page says its numbers are approximate."""
+    from minigpt2 import GPT2Config
+
+    model = GPT2.init(GPT2Config(n_vocab=50257, n_ctx=16, n_embd=16, n_head=2, n_layer=2), seed=0, std=0.2)
+    browser.switch_to.default_content()
+    for ids in ([42], [5, 6, 7]):
+        browser.get(model.explore(ids).save(tmp_path / f"{len(ids)}.html").as_uri())
+        assert browser.execute_script("return explorer.attention(1, 1)")[0] == [1] + [0] * (len(ids) - 1)
+        assert browser.execute_script("return explorer.losses")[0] is None
+        assert len(browser.execute_script("return explorer.next(0, {})")) == 1000
+        assert len(browser.execute_script("return explorer.lens(2, 0)")) == 5
+        assert errors_logged(browser) == []
+    caption = browser.find_element("id", "next-caption")
+    assert "Approximate" not in caption.text and "of 50,257 tokens" in caption.text
+    browser.find_element("id", "temperature").clear()
+    browser.find_element("id", "temperature").send_keys("2")
+    assert "Approximate" in caption.text
+    browser.find_element("id", "top-k").clear()
+    browser.find_element("id", "top-k").send_keys("50")
+    assert "Approximate" not in caption.text and "keeps 50 of 50,257 tokens" in caption.text
