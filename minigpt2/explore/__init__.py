@@ -168,15 +168,12 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
         if not text_or_ids:
             raise ValueError("the text is empty: there is nothing to look at")
         ids = np.asarray(tok.encode(text_or_ids), dtype=np.int64)
-        text = text_or_ids
     else:
         ids = np.asarray(text_or_ids)
         if ids.size == 0:
             raise ValueError("no tokens: there is nothing to look at")
         if ids.ndim != 1:
             raise ValueError(f"explore looks at one text: ids of shape [T], got shape {ids.shape}")
-        text = tok.decode(ids.tolist()) if tok is not None and ids.size and np.issubdtype(ids.dtype, np.integer) \
-            and ids.min() >= 0 and ids.max() < model.config.n_vocab else None
     config = model.config
     if ids.size > config.n_ctx:
         raise ValueError(f"the text is {ids.size} tokens, more than this model reads at once (n_ctx = "
@@ -198,6 +195,7 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
     logits, acts = model.run_with_activations(
         ids, names="blocks.*.resid_pre",
         hooks={f"blocks.{layer}.attn.pattern": keep_attention(layer) for layer in range(L)})
+    text = text_or_ids if isinstance(text_or_ids, str) else tok.decode(ids.tolist()) if tok is not None else None
     log_z = log_normaliser(logits)  # [T]
     next_ids, next_logp = most_likely(logits, NEXT_KEPT, log_z)  # [T, k]
     lens_ids, lens_logp = [], []
