@@ -172,6 +172,10 @@ def test_a_head_clicked_and_a_token_hovered_make_the_head_view(opened, model_and
     assert view.get_attribute("data-layer") == "0" and view.get_attribute("data-position") == "4"
     driver.execute_script("explorer.select(3, 2, 1)")
     assert view.get_attribute("data-head") == "2" and driver.execute_script("return explorer.selection.layer") == 3
+    body = driver.find_element("tag name", "body")  # keys: left / right a token, up / down a layer, [ ] a head
+    for key in ("\ue014", "\ue014", "\ue013", "[", "\ue012"):  # right, right, up, [, left
+        body.send_keys(key)
+    assert driver.execute_script("return explorer.selection") == {"layer": 2, "head": 1, "position": 2}
 
 
 def test_the_api_names_a_bad_argument(opened):

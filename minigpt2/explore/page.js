@@ -232,6 +232,16 @@
   $("layer").addEventListener("change", (e) => select(Number(e.target.value), state.head, state.position));
   $("head").addEventListener("change", (e) => select(state.layer, Number(e.target.value), state.position));
   for (const id of ["temperature", "top-k", "top-p"]) $(id).addEventListener("input", () => drawNext());
+  // keys: left / right move the position, up / down the layer, [ and ] the head (not while typing in a box)
+  document.addEventListener("keydown", (e) => {
+    if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT" || e.altKey || e.ctrlKey || e.metaKey) return;
+    const { layer, head, position } = state, clamp = (v, n) => Math.min(n - 1, Math.max(0, v));
+    const moves = { ArrowLeft: [0, 0, -1], ArrowRight: [0, 0, 1], ArrowUp: [-1, 0, 0], ArrowDown: [1, 0, 0], "[": [0, -1, 0], "]": [0, 1, 0] };
+    const m = moves[e.key];
+    if (!m) return;
+    e.preventDefault();
+    select(clamp(layer + m[0], L), clamp(head + m[1], H), clamp(position + m[2], T));
+  });
 
   const quote = (t) => `“${data.tokens[t]}” (token ${t})`;
 
