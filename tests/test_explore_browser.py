@@ -217,3 +217,29 @@ def test_a_one_token_page_and_a_large_vocabulary(browser, tmp_path):
     browser.find_element("id", "top-k").clear()
     browser.find_element("id", "top-k").send_keys("50")
     assert "Approximate" not in caption.text and "keeps 50 of 50,257 tokens" in caption.text
+
+
+def test_a_long_text_keeps_each_querys_largest_keys_and_a_large_vocabulary_its_ids(browser, tmp_path):
+    """Past the limit (here 300 tokens over 80 heads) each query keeps its K largest weights: the page shows those,
+    the library's within 8 bits, and nothing else. A vocabulary over 65,536 ids stores them in 4 bytes."""
+    from minigpt2 import GPT2Config
+
+    model = GPT2.init(GPT2Config(n_vocab=70_000, n_ctx=300, n_embd=40, n_head=10, n_layer=8), seed=1, std=0.3)
+    ids = np.random.default_rng(2).integers(0, 70_000, 300)
+    page = model.explore(ids)
+    K = page.data["attention"]["keys"]
+    assert K < 300 and page.arrays["next_ids"].dtype == np.uint32
+    browser.switch_to.default_content()
+    browser.get(page.save(tmp_path / "long.html").as_uri())
+    _, acts = model.run_with_activations(ids, names="blocks.*.attn.pattern")
+    for layer, head in ((0, 0), (7, 9)):
+        shown = np.array(browser.execute_script("return explorer.attention(arguments[0], arguments[1])", layer, head))
+        true = acts[f"blocks.{layer}.attn.pattern"][head]
+        for t in (0, 3, 150, 299):
+            kept = np.argsort(-true[t], kind="stable")[:K]
+            assert np.abs(shown[t, kept] - true[t, kept]).max() <= STEP
+            assert (shown[t] > 0).sum() <= K and not shown[t, t + 1:].any()
+    top = np.argsort(-(logits := model(ids))[299], kind="stable")[:3]
+    assert [label for label, _ in browser.execute_script("return explorer.next(299, {top_k: 3})")] == \
+        [f"#{i}" for i in top]
+    assert logits.shape[-1] == 70_000 and errors_logged(browser) == []
