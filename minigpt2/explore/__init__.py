@@ -202,7 +202,7 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
     layers = range(L)
     if progress:
         from tqdm.auto import tqdm
-        layers = tqdm(layers, desc="logit lens", unit="layer")
+        layers = tqdm(layers, desc="logit lens", unit="layer", delay=0.5)  # drawn only if it takes a while
     for layer in layers:  # the stream entering each block
         read = logit_lens(acts[f"blocks.{layer}.resid_pre"], model.params, config)  # [T, V]
         i, lp = most_likely(read, LENS_TOP, log_normaliser(read))
