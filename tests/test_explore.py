@@ -87,6 +87,8 @@ def test_the_next_token_store_is_exact_to_its_step(sharp):
         assert np.mean(stored == order) > 0.99
         np.testing.assert_allclose(-page.arrays["next_logp"][t].astype(float) * step, logp[t, stored], atol=step / 2 + 1e-5)
         assert page.data["next"]["rest"][t] == pytest.approx(1 - np.exp(logp[t, stored]).sum(), abs=1e-6)
+    logits = hf_forward(hf_model(sharp), ids).logits[0].double().numpy()
+    np.testing.assert_allclose(page.data["next"]["log_z"], np.log(np.exp(logits).sum(-1)), rtol=1e-6)
 
 
 def test_every_key_is_kept_up_to_128_tokens_and_the_largest_beyond():

@@ -15,7 +15,7 @@ This file computes the data in NumPy and packs it small; page.html, page.css and
   L = n_layer, and each position, the 5 most likely next tokens of softmax(ln_f(x) wte^T) (float32).
 - next token: at each position the NEXT_KEPT most likely tokens' log-probabilities log p = logit - log Z (Z,
   the normaliser over the whole vocabulary), in 65,536 steps from 0 down to the least likely kept one, and
-  the probability of all the others together.
+  the probability of all the others together (and log Z, so that logit = log p + log Z).
 - loss: the surprise -log p(token i | the tokens before it) of each token after the first.
 """
 
@@ -234,7 +234,8 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
         "vocab": {str(i): label(int(i)) for i in used},
         "attention": {"keys": K},
         "lens": {"k": LENS_TOP},
-        "next": {"k": next_ids.shape[1], "step": step.tolist(), "rest": rest.tolist(), "ties": exact_ties(next_logp)},
+        "next": {"k": next_ids.shape[1], "step": step.tolist(), "rest": rest.tolist(), "log_z": log_z.tolist(),
+                 "ties": exact_ties(next_logp)},
     }
     return Page(data, arrays)
 
