@@ -103,8 +103,8 @@ DEFAULT_MODEL, FALLBACK_MODEL = "124M", "tiny"
 
 def some_model(prog: str, name: str | None, adapter: str | None = None) -> tuple[GPT2, str]:
     """(the model, its name) for a command that can run with any: `name`, or by default GPT-2 124M, and when that
-    is neither cached nor downloadable the bundled model, said in one line on stderr. A model named explicitly, or one an adapter needs, is never
-    replaced: a DownloadError becomes the one line that says how to get it."""
+    is neither cached nor downloadable the bundled model, said in one line on stderr. A model named explicitly,
+    or one an adapter needs, is never replaced: a DownloadError becomes the one line that says how to get it."""
     try:
         return GPT2.from_pretrained(name or DEFAULT_MODEL, adapter=adapter), name or DEFAULT_MODEL
     except AdapterError as e:

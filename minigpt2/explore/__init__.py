@@ -177,7 +177,7 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
     config = model.config
     if ids.size > config.n_ctx:
         raise ValueError(f"the text is {ids.size} tokens, more than this model reads at once (n_ctx = "
-                         f"{config.n_ctx}); explore a part of it, e.g. the ids [:{config.n_ctx}]")
+                         f"{config.n_ctx}); explore a part of it, at most {config.n_ctx} tokens")
     L, H, T = config.n_layer, config.n_head, ids.size
     K = keys_kept(T, L, H)
     weights, positions = [None] * L, [None] * L
