@@ -101,14 +101,20 @@ def read_prompt(arg: str) -> str:
 DEFAULT_MODEL, FALLBACK_MODEL = "124M", "tiny"
 
 
+def adapted_model(name: str, adapter: str | None, flag: str = "--adapter") -> GPT2:
+    """GPT2.from_pretrained(name, adapter=adapter), an adapter that does not fit named by the flag that gave it."""
+    try:
+        return GPT2.from_pretrained(name, adapter=adapter)
+    except AdapterError as e:
+        raise AdapterError(f"{flag} {e}") from None
+
+
 def some_model(prog: str, name: str | None, adapter: str | None = None) -> tuple[GPT2, str]:
     """(the model, its name) for a command that can run with any: `name`, or by default GPT-2 124M, and when that
     is neither cached nor downloadable the bundled model, said in one line on stderr. A model named explicitly,
     or one an adapter needs, is never replaced: a DownloadError becomes the one line that says how to get it."""
     try:
-        return GPT2.from_pretrained(name or DEFAULT_MODEL, adapter=adapter), name or DEFAULT_MODEL
-    except AdapterError as e:
-        raise AdapterError(f"--adapter {e}") from None
+        return adapted_model(name or DEFAULT_MODEL, adapter), name or DEFAULT_MODEL
     except DownloadError as e:
         line = unavailable_message(name or DEFAULT_MODEL, e)
         if name is not None or adapter is not None:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .adapter import AdapterError
-from .cli import Parser, command, parse_in_one_process
+from .cli import Parser, adapted_model, command, parse_in_one_process
 from .download import DownloadError
-from .gpt2 import GPT2
 from .save import OverwriteRefused
 from .tf_checkpoint import CheckpointError
 from .tokenizer import Tokenizer
@@ -33,10 +31,7 @@ def export_main(argv: list[str] | None = None) -> int:
                    "files stay beside ours; a Hugging Face model minigpt2 did not export is replaced")
     args = parse_in_one_process(p, argv)
     try:
-        try:
-            model = GPT2.from_pretrained(args.model, adapter=args.adapter)
-        except AdapterError as e:
-            raise AdapterError(f"--adapter {e}" if args.adapter else f"MODEL {e}") from None
+        model = adapted_model(args.model, args.adapter, "--adapter" if args.adapter else "MODEL")
         if model.adapter is not None and not args.merge:
             raise ValueError("MODEL carries a LoRA adapter: pass --merge to fold it into the weights (the adapter "
                              "itself is already in PEFT's layout)")

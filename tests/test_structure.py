@@ -58,8 +58,8 @@ ALLOWED = {
     "generate": {"adapter", "cli", "config", "decoding", "download", "tf_checkpoint", "tokenizer", "vocab"},
     "explore.__main__": {"adapter", "cli", "download", "tf_checkpoint"},
     "train.__main__": {"cli", "distributed", "download", "tf_checkpoint", "train"},
-    "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "gpt2", "tasks", "tf_checkpoint", "tokenizer"},
-    "export": {"adapter", "cli", "download", "gpt2", "save", "tf_checkpoint", "tokenizer"},
+    "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "tasks", "tf_checkpoint", "tokenizer"},
+    "export": {"cli", "download", "save", "tf_checkpoint", "tokenizer"},
     "__init__": {"config", "dispatch", "fast", "gpt2", "model", "tokenizer", "version"},
     "__main__": {"evaluate.__main__", "explore.__main__", "export", "generate", "train.__main__", "version"},
 }

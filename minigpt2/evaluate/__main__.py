@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ..adapter import AdapterError, adapter_base
-from ..cli import Parser, command, fail, parse_in_one_process
+from ..adapter import adapter_base
+from ..cli import Parser, adapted_model, command, fail, parse_in_one_process
 from ..download import DownloadError
-from ..gpt2 import GPT2
 from ..tasks import TaskFileError, is_task_file, read_task_file
 from ..tf_checkpoint import CheckpointError
 from ..tokenizer import Tokenizer
@@ -38,10 +37,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         texts = [read_task_file(f) if is_task_file(f) else read_text(f) for f in args.files]  # all good first
         check_batch_size(args.batch_size)
         name = adapter_base(args.model, args.adapter) or "124M"
-        try:
-            model = GPT2.from_pretrained(name, adapter=args.adapter)
-        except AdapterError as e:
-            raise AdapterError(f"--adapter {e}") from None
+        model = adapted_model(name, args.adapter)
         context, stride = check_windows(args.context, args.stride, model.config.n_ctx)  # before any scoring
         tok = Tokenizer.from_pretrained(name)
     except (OSError, ValueError, CheckpointError, DownloadError) as e:
