@@ -33,18 +33,22 @@
   const positions = dense ? null : new Uint16Array(bytes(data.attention.positions).buffer);
   const half = T * (T + 1) / 2;
 
-  function attentionRow(layer, head, t) {  // query t's weights on keys 0..t: Float64Array(t + 1)
-    const row = new Float64Array(t + 1);
+  function eachWeight(layer, head, t, visit) {  // visit(key, weight) for every weight stored for query t
     if (dense) {
       const start = (layer * H + head) * half + t * (t + 1) / 2;
-      for (let j = 0; j <= t; j++) row[j] = weights[start + j] / 255;
+      for (let j = 0; j <= t; j++) visit(j, weights[start + j] / 255);
     } else {
       const start = ((layer * H + head) * T + t) * K;
       for (let i = 0; i < K; i++) {
         const j = positions[start + i];
-        if (j <= t) row[j] += weights[start + i] / 255;  // later positions: padding of the first queries
+        if (j <= t) visit(j, weights[start + i] / 255);  // later positions: padding of the first queries
       }
     }
+  }
+
+  function attentionRow(layer, head, t) {  // query t's weights on keys 0..t: Float64Array(t + 1)
+    const row = new Float64Array(t + 1);
+    eachWeight(layer, head, t, (j, w) => { row[j] = w; });
     return row;
   }
 
@@ -196,22 +200,13 @@
         const canvas = el("canvas", { width: S, height: S, title: `layer ${l}, head ${h}` });
         canvas.dataset.layer = l;
         canvas.dataset.head = h;
-        const img = new Float32Array(S * S);  // each bin's largest weight, read straight from the stored bytes
+        const img = new Float32Array(S * S);  // each bin's largest weight
         for (let t = 0; t < T; t++) {
           const y = Math.floor(t * scale) * S;
-          if (dense) {
-            const start = (l * H + h) * half + t * (t + 1) / 2;
-            for (let j = 0; j <= t; j++) {
-              const i = y + Math.floor(j * scale), w = weights[start + j] / 255;
-              if (w > img[i]) img[i] = w;
-            }
-          } else {
-            const start = ((l * H + h) * T + t) * K;
-            for (let k = 0; k < K; k++) {
-              const j = positions[start + k], i = y + Math.floor(j * scale), w = weights[start + k] / 255;
-              if (j <= t && w > img[i]) img[i] = w;
-            }
-          }
+          eachWeight(l, h, t, (j, w) => {
+            const i = y + Math.floor(j * scale);
+            if (w > img[i]) img[i] = w;
+          });
         }
         const ctx = canvas.getContext("2d"), pixels = ctx.createImageData(S, S);
         for (let i = 0; i < S * S; i++) {
