@@ -108,6 +108,11 @@ def rate(work: float, times: list[float]) -> dict:
     return {"median": work / statistics.median(times), "min": work / max(times), "max": work / min(times)}
 
 
+def spread(values: list[float]) -> dict:
+    """A measured quantity itself (seconds, milliseconds), not a rate: median and min-max over the repetitions."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def one_value(x: float) -> dict:
     """A single measurement (or a bound) in the shape `rate` gives a series."""
     return {"median": x, "min": x, "max": x}
@@ -601,8 +606,7 @@ def measure_explore(model: GPT2, rows: list, results: dict) -> None:
     ids = rng.integers(0, model.config.n_vocab, size=model.config.n_ctx)
     t = alternate({"explore": lambda: model.explore(ids[:128]), "forward": lambda: model(ids[:128])}, ARGS.reps)
     results["explore_128"] = {"seconds": statistics.median(t["explore"]), "forward_seconds": statistics.median(t["forward"])}
-    rows.append(("explore, 128 tokens (s; vs a forward pass)", rate(1, [1 / x for x in t["explore"]]),
-                 rate(1, [1 / x for x in t["forward"]]), "<= 2 s"))
+    rows.append(("explore, 128 tokens (s; vs a forward pass)", spread(t["explore"]), spread(t["forward"]), "<= 2 s"))
     driver = open_chromium()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -619,8 +623,7 @@ def measure_explore(model: GPT2, rows: list, results: dict) -> None:
                 size = path.stat().st_size / 1e6
                 results[f"explore_page_{T}"] = {"megabytes": size, "ready_ms": loads, "explore_seconds": seconds}
                 rows.append((f"page at {T} tokens: MB (limit)", one_value(size), one_value(mb), f"<= {mb} MB"))
-                rows.append((f"page at {T} tokens: ms to interactive", rate(1, [1 / x for x in loads]), one_value(ready),
-                             f"<= {ready} ms"))
+                rows.append((f"page at {T} tokens: ms to interactive", spread(loads), one_value(ready), f"<= {ready} ms"))
     finally:
         driver.quit()
 

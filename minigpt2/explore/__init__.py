@@ -205,10 +205,12 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
         layers = tqdm(layers, desc="logit lens", unit="layer", delay=0.5)  # drawn only if it takes a while
     for layer in layers:  # the stream entering each block
         read = logit_lens(acts[f"blocks.{layer}.resid_pre"], model.params, config)  # [T, V]
-        i, lp = most_likely(read, LENS_TOP, log_normaliser(read))
-        lens_ids.append(i), lens_logp.append(lp)
+        top_ids, top_logp = most_likely(read, LENS_TOP, log_normaliser(read))
+        lens_ids.append(top_ids)
+        lens_logp.append(top_logp)
     # the last block's output read the same way is the model's own prediction: its top tokens are stored already
-    lens_ids.append(next_ids[:, :LENS_TOP]), lens_logp.append(next_logp[:, :LENS_TOP])
+    lens_ids.append(next_ids[:, :LENS_TOP])
+    lens_logp.append(next_logp[:, :LENS_TOP])
     rest = np.clip(1.0 - np.exp(next_logp).sum(axis=-1), 0.0, 1.0)  # [T]: the probability of all the others
     step = np.maximum(-next_logp[:, -1], 1e-30) / 65535  # [T]: 0 .. the least likely kept, in 65,536 steps
     id_type = np.uint16 if config.n_vocab <= 1 << 16 else np.uint32
