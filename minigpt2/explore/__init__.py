@@ -16,6 +16,9 @@ This file computes the data in NumPy and packs it small; page.html, page.css and
 - next token: at each position the NEXT_KEPT most likely tokens' log-probabilities log p = logit - log Z (Z,
   the normaliser over the whole vocabulary), in 65,536 steps from 0 down to the least likely kept one, and
   the probability of all the others together (and log Z, so that logit = log p + log Z).
+  The page's next-token view is thus exact (to that step) at temperature 1, and at any temperature when top-k
+  keeps at most the stored tokens; otherwise the tokens not stored are taken to share their probability
+  equally, and the page says its numbers are approximate (page.js, `choose`).
 - loss: the surprise -log p(token i | the tokens before it) of each token after the first.
 """
 
