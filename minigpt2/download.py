@@ -1,4 +1,5 @@
-"""URL -> file in the cache directory: OpenAI's released GPT-2 files, fetched with requests + tqdm.
+"""URL -> file in the cache directory: OpenAI's released GPT-2 files and the evaluation sets, fetched with
+requests + tqdm.
 
 Robust on bad networks: the HTTP status is checked (an error page is never saved as a model), connection
 errors and 5xx answers are retried with backoff, a partial file is resumed with a Range request, the size is
@@ -8,6 +9,7 @@ file is never downloaded, deleted or overwritten again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -211,6 +213,47 @@ def _total_from_content_range(value: str) -> int | None:
     """ "bytes 100-199/1000" or "bytes */1000" -> 1000."""
     total = value.rpartition("/")[2].strip()
     return int(total) if total.isdigit() else None
+
+
+def download_checked(url: str, dest: str | os.PathLike, sha256: str, *, progress: bool = True) -> Path:
+    """Download `url` to `dest` unless it is there, and give it that name only once its sha256 is `sha256`.
+
+    For data files checked against a published hash (the evaluation sets): the bytes arrive as download_file
+    fetches them, under a temporary name; on any failure (the network, an error page, a checksum that does not
+    match) nothing is left in the cache, and the DownloadError names the URL.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    unchecked = dest.with_name(dest.name + ".unchecked")
+    with file_lock(dest.with_name(dest.name + ".lock")):
+        if dest.is_file():
+            return dest  # another process finished it while we waited
+        try:
+            try:
+                download_file(url, unchecked, progress=progress)
+            except DownloadError as e:
+                raise DownloadError(f"could not download {url} ({e.reason}); without network, fetch it elsewhere and "
+                                    f"place it at {dest} (sha256 {sha256})", url=url, reason=e.reason) from None
+            digest = file_sha256(unchecked)
+            if digest != sha256:
+                raise DownloadError(f"{url} sent a file whose sha256 is {digest}, not the published {sha256}; it was "
+                                    f"not kept (a changed or damaged copy; place the right file at {dest})", url=url,
+                                    reason="checksum mismatch")
+            os.replace(unchecked, dest)
+        finally:
+            for leftover in (unchecked, unchecked.with_name(unchecked.name + ".part")):
+                leftover.unlink(missing_ok=True)
+    return dest
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256 as 64 hex digits, read a megabyte at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def unavailable_message(name: str, error: DownloadError) -> str:
