@@ -1,0 +1,283 @@
+"""The zero-shot benchmarks against lm-evaluation-harness itself: its own task files (lambada_openai, wikitext,
+hellaswag) pointed at local copies of the data, its Hugging Face backend loading the model minigpt2 exported,
+on documents from ../shared/data/eval. Per document: the same log-likelihoods (1e-4 relative), the same
+greedy and accuracy decisions wherever the margin exceeds 1e-4; the same aggregate figures."""
+
+from __future__ import annotations
+
+import bz2
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from minigpt2 import GPT2, GPT2Config, Tokenizer
+from minigpt2.evaluate import datasets
+from minigpt2.evaluate.loglikelihood import loglikelihoods, rolling_windows
+from minigpt2.evaluate.zeroshot import harness_pair, lambada_split, zero_shot
+
+from .conftest import SHARED, require
+
+EVAL = SHARED / "data" / "eval"
+N_LAMBADA, N_ARTICLES, N_HELLASWAG = 24, 3, 24  # documents sampled for the suite (the whole sets: scripts/bench.py)
+
+
+def eval_file(name: str):
+    path = EVAL / name
+    if not path.exists():
+        pytest.skip(f"{path} not found (the evaluation sets ship beside the repository in ../shared/data/eval)")
+    return path
+
+
+# --- lm-evaluation-harness, offline -----------------------------------------------------------------
+
+
+def run_harness(model_dir, task: str, data_file, split: str) -> tuple[dict, list[dict]]:
+    """lm-evaluation-harness's own task `task` (its YAML, functions and metrics) on `data_file` (JSON lines),
+    scored by its `hf` backend loading `model_dir` with batch size 8, float32: (figures, samples by doc_id)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    require("lm_eval")
+    import lm_eval.tasks
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    yaml = {"lambada_openai": "lambada/lambada_openai.yaml", "wikitext": "wikitext/wikitext.yaml",
+            "hellaswag": "hellaswag/hellaswag.yaml"}[task]
+    config = load_yaml(os.path.join(os.path.dirname(lm_eval.tasks.__file__), yaml))
+    splits = {config[k] for k in ("training_split", "validation_split", "test_split") if config.get(k)}
+    assert split in splits, f"{task} scores its {splits} splits, not {split}"
+    config.update(dataset_path="json", dataset_name=None,
+                  dataset_kwargs={"data_files": {s: str(data_file) for s in splits}})  # only `split` is scored
+    lm = HFLM(pretrained=str(model_dir), batch_size=8, device="cpu", dtype="float32")
+    out = evaluate(lm=lm, task_dict={task: ConfigurableTask(config=config)}, log_samples=True, bootstrap_iters=0)
+    figures = {k.split(",")[0]: v for k, v in out["results"][task].items() if k.endswith(",none")}
+    return figures, sorted(out["samples"][task], key=lambda s: s["doc_id"])
+
+
+@pytest.fixture(scope="module")
+def spread(vocab_dir, tmp_path_factory):
+    """A small GPT-2 with GPT-2's vocabulary, spread weights and a 64-token context (so that LAMBADA's passages
+    are truncated and WikiText's articles take many rolling windows), exported for the harness."""
+    tok = Tokenizer.from_dir(vocab_dir)
+    model = GPT2.init(GPT2Config(n_ctx=64, n_embd=32, n_head=4, n_layer=2), seed=3, std=0.2)
+    out = tmp_path_factory.mktemp("spread")
+    model.save(out, tok, format="huggingface")
+    return model, tok, out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The bundled model (trained weights, its own vocabulary, 128-token context), exported for the harness."""
+    model, tok = GPT2.from_pretrained("tiny"), Tokenizer.from_pretrained("tiny")
+    out = tmp_path_factory.mktemp("tiny")
+    model.save(out, tok, format="huggingface")
+    return model, tok, out
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def same_decisions(mine: list[bool], theirs: list[bool], margins: list[float]) -> None:
+    """Decisions agree on every document whose margin exceeds 1e-4."""
+    for i, (a, b, m) in enumerate(zip(mine, theirs, margins)):
+        assert a == b or m <= 1e-4, f"document {i}: minigpt2 decides {a}, the harness {b} (margin {m:.2e})"
+
+
+def greedy_margin(model, context: list[int], continuation: list[int]) -> float:
+    """The smallest gap, over the continuation's tokens, between the largest logit and the next."""
+    tokens = (context + continuation)[-(model.config.n_ctx + 1):]
+    logits = model(tokens[:-1])[-len(continuation):]  # [k, V]
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    return float((top2[:, 1] - top2[:, 0]).min())
+
+
+# --- LAMBADA ----------------------------------------------------------------------------------------
+
+
+def greedy_passages(model, tok, n: int) -> list[str]:
+    """Passages whose last word the model itself writes greedily: prompts continued by their greedy words, so
+    that some targets really are the argmax (real LAMBADA passages on a small model almost never are)."""
+    prompts = ["The function returns", "If the argument is", "This module provides", "The default value of",
+               "A new list is", "Return the number of"][:n]
+    out = []
+    for p in prompts:
+        text = p + tok.decode(model.generate(tok.encode(p), 12, temperature=0))
+        words = [w for w in text.split(" ") if w.strip()]
+        out.append(" ".join(words[:-1]) if len(words) > 4 else text)
+    return out
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("which", ["spread", "tiny"])
+def test_lambada_equals_the_harness_per_passage(which, request, tmp_path):
+    model, tok, model_dir = request.getfixturevalue(which)
+    texts = datasets.read_lambada(eval_file("lambada_test.jsonl"))[:N_LAMBADA]
+    if which == "tiny":
+        texts += greedy_passages(model, tok, 6)
+    data = tmp_path / "lambada.jsonl"
+    write_jsonl(data, [{"text": t} for t in texts])
+    theirs, samples = run_harness(model_dir, "lambada_openai", data, "test")
+    mine = zero_shot(model, tok, "lambada", data, batch_size=8)
+    assert [s["target"] for s in samples] == [lambada_split(t)[1] for t in texts]
+    lls = [s["continuations"][0]["loglikelihood"] for s in mine.samples]
+    np.testing.assert_allclose(lls, [s["resps"][0][0][0] for s in samples], rtol=1e-4)
+    requests = [harness_pair(tok, *lambada_split(t)) for t in texts]
+    margins = [greedy_margin(model, *r) for r in requests]
+    same_decisions([s["acc"] for s in mine.samples], [bool(s["resps"][0][0][1]) for s in samples], margins)
+    assert mine.figures["n"] == len(texts)
+    assert mine.figures["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-4)
+    if all(m > 1e-4 for m in margins):
+        assert mine.figures["acc"] == theirs["acc"]
+    if which == "spread":
+        assert mine.figures["truncated"] > 0, "passages longer than the 64-token context were scored truncated"
+    else:
+        assert 0 < mine.figures["acc"] < 1, "some targets are the argmax and some are not: the decision is tested"
+
+
+# --- WikiText-2 ---------------------------------------------------------------------------------------
+
+
+def harness_articles(lines: list[str]) -> list[str]:
+    """Articles as the harness's dataset (EleutherAI/wikitext_document_level) makes them, written out here from
+    its published loading script: a line whose subheading runs are closed up ("= = =" -> "===", "= =" -> "==")
+    and that, stripped, starts with "= " and ends with " =" begins a new page."""
+    pages, current = [], []
+    for line in lines:
+        r = line.replace("= = =", "===").replace("= =", "==").strip()
+        if r.startswith("= ") and r.endswith(" ="):
+            if "\n".join(current).strip():
+                pages.append("\n".join(current))
+            current = []
+        current.append(line)
+    pages.append("\n".join(current))
+    return pages
+
+
+@pytest.mark.reference
+def test_wikitext_articles_are_the_harness_dataset_s_pages():
+    path = eval_file("wikitext-2/test.txt")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert datasets.read_wikitext(path) == harness_articles(lines)
+    assert len(datasets.read_wikitext(path)) == 62, "WikiText-2's 62 test articles"
+
+
+@pytest.mark.reference
+def test_wikitext2_equals_the_harness_per_article(spread, tmp_path):
+    model, tok, model_dir = spread
+    lines = eval_file("wikitext-2/test.txt").read_text(encoding="utf-8").split("\n")
+    articles = harness_articles(lines)[:N_ARTICLES]
+    data = tmp_path / "wikitext.jsonl"
+    write_jsonl(data, [{"page": a} for a in articles])
+    theirs, samples = run_harness(model_dir, "wikitext", data, "test")
+    # minigpt2 reads the same articles from a WikiText file
+    text = tmp_path / "wiki.test.txt"
+    text.write_text("\n".join(articles), encoding="utf-8")
+    mine = zero_shot(model, tok, "wikitext2", text)
+    assert mine.figures["n"] == len(articles)
+    np.testing.assert_allclose([s["continuations"][0]["loglikelihood"] for s in mine.samples],
+                               [s["word_perplexity"][0] for s in samples], rtol=1e-4)
+    assert [s["words"] for s in mine.samples] == [s["word_perplexity"][1] for s in samples]
+    assert [s["bytes"] for s in mine.samples] == [s["bits_per_byte"][1] for s in samples]
+    for key in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        assert mine.figures[key] == pytest.approx(theirs[key], rel=1e-4), key
+    assert min(s["continuations"][0]["tokens"] for s in mine.samples) > 3 * model.config.n_ctx, "many windows"
+
+
+def test_rolling_windows_score_every_token_once_with_a_full_context_at_the_end():
+    lm_utils = require("lm_eval.utils")
+    for n in (1, 5, 63, 64, 65, 127, 128, 129, 300):
+        tokens = list(range(1000, 1000 + n))
+        s = [7] + tokens
+        expected = [lm_utils.make_disjoint_window(w) for w in
+                    lm_utils.get_rolling_token_windows(tokens, prefix_token=7, max_seq_len=64, context_len=1)]
+        got = rolling_windows(n, 64)
+        assert len(got) == len(expected)
+        for (begin, end, first), (context, continuation) in zip(got, expected):
+            reads = (context + continuation)[-65:][:-1]
+            assert s[begin : end - 1] == reads and s[first:end] == continuation
+
+
+# --- HellaSwag ----------------------------------------------------------------------------------------
+
+
+def hellaswag_lines() -> list[str]:
+    with bz2.open(eval_file("hellaswag_val_full.txt.bz2"), "rt", encoding="utf-8") as f:
+        return f.read().split("\n")
+
+
+def as_json(lines: list[str], n: int) -> list[dict]:
+    """llama.cpp's items as HellaSwag's JSON: the context line's activity label before its first ": ", the rest as
+    ctx_a (ctx_b empty, as the shared copy has lost the split)."""
+    rows = []
+    for i in range(n):
+        context, label, *endings = lines[6 * i : 6 * i + 6]
+        activity, ctx_a = context.split(": ", 1)
+        rows.append({"ind": i, "activity_label": activity, "ctx_a": ctx_a, "ctx_b": "", "ctx": ctx_a,
+                     "endings": endings, "label": label, "source_id": "", "split": "val", "split_type": "indomain"})
+    return rows
+
+
+@pytest.mark.reference
+def test_hellaswag_equals_the_harness_per_item(spread, tmp_path):
+    model, tok, model_dir = spread
+    lines = hellaswag_lines()
+    data = tmp_path / "hellaswag.jsonl"
+    write_jsonl(data, as_json(lines, N_HELLASWAG))
+    theirs, samples = run_harness(model_dir, "hellaswag", data, "validation")
+    llama = tmp_path / "hellaswag.txt"
+    llama.write_text("\n".join(lines[: 6 * N_HELLASWAG]) + "\n", encoding="utf-8")
+    mine = zero_shot(model, tok, "hellaswag", llama)
+    assert datasets.read_hellaswag(llama) == datasets.read_hellaswag(data), "both layouts read as the same items"
+    items = datasets.read_hellaswag(data)
+    assert [i.query for i in items] == [s["doc"]["query"] for s in samples]
+    assert [list(i.endings) for i in items] == [s["doc"]["choices"] for s in samples]
+    lls = np.array([[c["loglikelihood"] for c in s["continuations"]] for s in mine.samples])  # [N, 4]
+    np.testing.assert_allclose(lls, [[r[0][0] for r in s["resps"]] for s in samples], rtol=1e-4)
+    lengths = np.array([[len(e) for e in i.endings] for i in items], dtype=float)
+    for key, scores in (("acc", lls), ("acc_norm", lls / lengths)):
+        top2 = np.sort(scores, axis=1)[:, -2:]
+        same_decisions([s[key] for s in mine.samples], [bool(s[key]) for s in samples], top2[:, 1] - top2[:, 0])
+        if (top2[:, 1] - top2[:, 0] > 1e-4).all():
+            assert mine.figures[key] == pytest.approx(theirs[key], rel=1e-4)
+    assert 0 < mine.figures["acc"] < 1 and mine.figures["n"] == N_HELLASWAG
+
+
+def test_sharing_a_context_changes_no_score(short_model):
+    """The four endings after one cached query score as each ending run whole (the shared path against rows)."""
+    rng = np.random.default_rng(0)
+    context = rng.integers(0, 300, 9).tolist()
+    endings = [rng.integers(0, 300, k).tolist() for k in (1, 4, 2, 7)]
+    shared = loglikelihoods(short_model, [(context, e) for e in endings])
+    alone = [loglikelihoods(short_model, [(context, e)])[0] for e in endings]
+    for (a, ga), (b, gb) in zip(shared, alone):
+        assert a == pytest.approx(b, rel=1e-5) and ga == gb
+    logits = short_model(context + endings[1])  # [T, V], float32: the textbook sum
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+    expected = sum(logp[len(context) - 1 + i, t] for i, t in enumerate(endings[1]))
+    assert shared[1][0] == pytest.approx(float(expected), rel=1e-5)
+
+
+# --- the protocols' details ---------------------------------------------------------------------------
+
+
+def test_harness_pair_moves_trailing_spaces_into_the_continuation(tok):
+    context, continuation = harness_pair(tok, "He said  ", "hello")
+    assert tok.decode(context) == "He said" and tok.decode(continuation) == "  hello"
+    assert context + continuation == tok.encode("He said  hello")
+
+
+def test_lambada_perplexity_is_exp_of_minus_the_mean_passage_log_likelihood(short_model, tmp_path):
+    tok = Tokenizer.train("a b c d e f g h " * 20, 265, progress=False)
+    data = tmp_path / "l.jsonl"
+    write_jsonl(data, [{"text": "a b c d e"}, {"text": "b c d e f g"}])
+    r = zero_shot(short_model, tok, "lambada", data)
+    lls = [s["continuations"][0]["loglikelihood"] for s in r.samples]
+    assert r.figures["perplexity"] == pytest.approx(math.exp(-np.mean(lls)), rel=1e-12)
+    assert r.figures["acc"] == np.mean([s["acc"] for s in r.samples])
