@@ -226,12 +226,13 @@ def download_checked(url: str, dest: str | os.PathLike, sha256: str, *, progress
     if dest.is_file():
         return dest
     unchecked = dest.with_name(dest.name + ".unchecked")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest.with_name(dest.name + ".lock")):
         if dest.is_file():
             return dest  # another process finished it while we waited
         try:
             try:
-                download_file(url, unchecked, progress=progress)
+                _download(url, unchecked, None, None, None, 30.0, progress)  # under dest's lock already
             except DownloadError as e:
                 raise DownloadError(f"could not download {url} ({e.reason}); without network, fetch it elsewhere and "
                                     f"place it at {dest} (sha256 {sha256})", url=url, reason=e.reason) from None

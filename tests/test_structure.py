@@ -40,7 +40,11 @@ ALLOWED = {
     "optim": {"dispatch", "params"},
     "fast": {"backward", "dispatch", "model", "ops", "optim"},  # the tuned forms import the textbook ones
     "tasks": {"backward", "checks", "config", "files", "model", "params", "tokenizer", "vocab"},
-    "evaluate": {"backward", "checks", "config", "decoding", "files", "model", "ops", "tasks", "tokenizer", "vocab"},
+    "evaluate.loglikelihood": {"checks", "config", "model", "ops"},
+    "evaluate.datasets": {"download", "files"},
+    "evaluate.zeroshot": {"checks", "config", "tokenizer", "vocab", "evaluate.datasets", "evaluate.loglikelihood"},
+    "evaluate": {"backward", "checks", "config", "decoding", "files", "model", "tasks", "tokenizer", "vocab",
+                 "evaluate.loglikelihood", "evaluate.zeroshot"},
     # the training package, one file a job, in the order its data flows
     "train.settings": {"checks", "files", "lora"},
     "train.data": {"download", "files", "tasks", "tokenizer", "vocab", "train.settings"},
@@ -58,7 +62,8 @@ ALLOWED = {
     "generate": {"adapter", "cli", "config", "decoding", "download", "tf_checkpoint", "tokenizer", "vocab"},
     "explore.__main__": {"adapter", "cli", "download", "tf_checkpoint"},
     "train.__main__": {"cli", "distributed", "download", "tf_checkpoint", "train"},
-    "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "tasks", "tf_checkpoint", "tokenizer"},
+    "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "tasks", "tf_checkpoint", "tokenizer",
+                          "evaluate.datasets", "evaluate.zeroshot"},
     "export": {"cli", "download", "save", "tf_checkpoint", "tokenizer"},
     "__init__": {"config", "dispatch", "fast", "gpt2", "model", "tokenizer", "version"},
     "__main__": {"evaluate.__main__", "explore.__main__", "export", "generate", "train.__main__", "version"},

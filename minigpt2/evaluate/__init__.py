@@ -47,7 +47,6 @@ from ..config import ArgumentError
 from ..decoding import greedy_continuations
 from ..files import read_utf8
 from ..model import transformer
-from ..ops import linear, log_softmax
 from ..tasks import (
     TaskFileError,
     TaskRow,
@@ -58,6 +57,8 @@ from ..tasks import (
 )
 from ..tokenizer import Tokenizer
 from ..vocab import ENDOFTEXT, EOT_ID
+from .loglikelihood import check_batch_size, loglikelihoods
+from .zeroshot import BENCHMARKS, Result, zero_shot
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,6 @@ def check_windows(context: int | None, stride: int | None, n_ctx: int) -> tuple[
     return context, stride
 
 
-def check_batch_size(batch_size: int) -> None:
-    """ArgumentError unless batch_size is a positive integer."""
-    if not is_whole(batch_size) or batch_size < 1:
-        raise ArgumentError("batch_size", f"must be a positive integer, got {batch_size!r}")
-
-
 def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> float:
     """Total NLL of the scored positions of windows of one length, as one batch."""
     inputs = np.stack([s[begin : end - 1] for begin, end, _ in spans])  # [B, T]: all but each window's last token
@@ -179,43 +174,12 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
 
 def continuation_logprobs(model, requests: list[tuple[list[int], list[list[int]]]], batch_size: int = 8,
                           progress: bool = False, desc: str = "scoring") -> list[list[float]]:
-    """sum log P(continuation | context) for each context and each of its continuations, batched.
-
-    A request is (context ids, [continuation ids, ...]). A context whose continuations are all one token long
-    runs once and all of them are read off its last position (the prompt's work shared between its choices);
-    otherwise each continuation runs as context + continuation. Rows run `batch_size` at a time in order of
-    length, right-padded (causal attention: the padding never reaches the real positions); only the scored
-    positions' logits are made. A row longer than the context window keeps its last n_ctx + 1 tokens.
-    """
-    n_ctx = model.config.n_ctx
-    rows = []  # (input tokens, [(position, [(token to read there, (request, continuation))])])
-    for r, (context, continuations) in enumerate(requests):
-        if all(len(c) == 1 for c in continuations):
-            tokens = context[-n_ctx:]
-            rows.append((tokens, [(len(tokens) - 1, [(c[0], (r, j)) for j, c in enumerate(continuations)])]))
-            continue
-        for j, c in enumerate(continuations):
-            if len(c) > n_ctx:
-                raise ValueError(f"a continuation of {len(c)} tokens does not fit in the model's context ({n_ctx})")
-            tokens = (context + c)[-(n_ctx + 1):]
-            first = len(tokens) - len(c)  # position of the continuation's first token
-            rows.append((tokens[:-1], [(first - 1 + i, [(t, (r, j))]) for i, t in enumerate(c)]))
-    out = [[0.0] * len(cs) for _, cs in requests]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        T = max(len(rows[i][0]) for i in batch)
-        ids = np.zeros((len(batch), T), dtype=np.int64)  # [B, T], right-padded
-        for b, i in enumerate(batch):
-            ids[b, : len(rows[i][0])] = rows[i][0]
-        h = transformer(ids, model.params, model.config)  # [B, T, C]
-        reads = [(b, pos, wanted) for b, i in enumerate(batch) for pos, wanted in rows[i][1]]
-        at = h[[b for b, _, _ in reads], [pos for _, pos, _ in reads]]  # [N, C]: only the positions read
-        logp = log_softmax(linear(at, model.params["wte"]))  # [N, V]
-        for n, (_, _, wanted) in enumerate(reads):
-            for token, (r, j) in wanted:
-                out[r][j] += float(logp[n, token])
-    return out
+    """sum log P(continuation | context) for each context and each of its continuations (loglikelihood.py's
+    batching: a context runs once for all its continuations; a row longer than the context window keeps its
+    last n_ctx + 1 tokens)."""
+    flat = [(context, c) for context, continuations in requests for c in continuations]
+    scores = iter(loglikelihoods(model, flat, batch_size, progress, desc))
+    return [[next(scores)[0] for _ in continuations] for _, continuations in requests]
 
 
 def context_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:

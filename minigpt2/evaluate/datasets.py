@@ -46,26 +46,25 @@ class Source:
         return cache_dir() / "data" / self.file
 
 
-# LAMBADA from beside GPT-2's checkpoints (so $MINIGPT2_BASE_URL mirrors it too); the hash is the one
-# lm-evaluation-harness's lambada_openai checks. WikiText-2 raw v1 from its authors' site (the archive's hash
-# as the Hugging Face datasets library records it). HellaSwag from its authors' repository (hash as recorded
-# by other projects that pin it; see docs/results.md).
+# LAMBADA from beside GPT-2's checkpoints (so $MINIGPT2_BASE_URL mirrors it too), with the hash
+# lm-evaluation-harness's lambada_openai checks; WikiText-2 raw v1 from its authors' site, with the archive's hash
+# as the Hugging Face datasets library records it; HellaSwag from its authors' repository, with the hash other
+# projects pin (docs/results.md says where each comes from).
+LAMBADA_SHA256 = "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226"
 WIKITEXT2_URL = "https://wikitext.smerity.com/wikitext-2-raw-v1.zip"
+WIKITEXT2_SHA256 = "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11"
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+HELLASWAG_SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
 
 
 def source(name: str) -> Source:
     """The published data of benchmark `name` (lambada, wikitext2, hellaswag)."""
     if name == "lambada":
-        return Source("lambada_test.jsonl", f"{base_url()}/data/lambada_test.jsonl",
-                      "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226")
+        return Source("lambada_test.jsonl", f"{base_url()}/data/lambada_test.jsonl", LAMBADA_SHA256)
     if name == "wikitext2":
-        return Source("wikitext-2-raw-v1.zip", WIKITEXT2_URL,
-                      "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11",
-                      member="wikitext-2-raw/wiki.test.raw")
+        return Source("wikitext-2-raw-v1.zip", WIKITEXT2_URL, WIKITEXT2_SHA256, member="wikitext-2-raw/wiki.test.raw")
     if name == "hellaswag":
-        return Source("hellaswag_val.jsonl", HELLASWAG_URL,
-                      "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588")
+        return Source("hellaswag_val.jsonl", HELLASWAG_URL, HELLASWAG_SHA256)
     raise KeyError(name)
 
 

@@ -25,10 +25,18 @@ from dataclasses import replace
 import numpy as np
 from tqdm import tqdm
 
+from ..checks import is_whole
+from ..config import ArgumentError
 from ..model import KVCache, transformer
 from ..ops import linear
 
 HEAD_ROWS = 1024  # scored positions per pass through the LM head: [1024, V] float32 logits, 206 MB for GPT-2
+
+
+def check_batch_size(batch_size: int) -> None:
+    """ArgumentError unless batch_size is a positive integer."""
+    if not is_whole(batch_size) or batch_size < 1:
+        raise ArgumentError("batch_size", f"must be a positive integer, got {batch_size!r}")
 
 
 def rolling_windows(n_tokens: int, max_len: int) -> list[tuple[int, int, int]]:

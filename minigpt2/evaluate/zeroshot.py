@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import is_whole
+from ..config import ArgumentError
 from ..tokenizer import Tokenizer
 from ..vocab import ENDOFTEXT, EOT_ID
 from . import datasets
-from .loglikelihood import loglikelihoods, rolling_loglikelihoods
+from .loglikelihood import check_batch_size, loglikelihoods, rolling_loglikelihoods
 
 BENCHMARKS = ("lambada", "wikitext2", "hellaswag")
 
@@ -50,14 +52,30 @@ def zero_shot(model, tokenizer: Tokenizer, task: str, path: str | os.PathLike | 
               batch_size: int = 8, progress: bool = False) -> Result:
     """Score `task` (lambada, wikitext2, hellaswag) on the file at `path`, by default the published data (downloaded
     once into the cache), its first `limit` documents if given."""
+    docs = read_benchmark(task, datasets.fetch(task, progress) if path is None else path, limit)
+    return score_benchmark(model, tokenizer, task, docs, batch_size, progress)
+
+
+def check_task(task: str) -> None:
     if task not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {task!r}: the known ones are {', '.join(BENCHMARKS)}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive number of documents, got {limit!r}")
-    path = datasets.fetch(task, progress) if path is None else path
+
+
+def read_benchmark(task: str, path: str | os.PathLike, limit: int | None = None) -> list:
+    """The documents of `task` in the file at `path` (datasets.py's readers), the first `limit` of them."""
+    check_task(task)
+    if limit is not None and (not is_whole(limit) or limit < 1):
+        raise ArgumentError("limit", f"must be a positive number of documents, got {limit!r}")
     read = {"lambada": datasets.read_lambada, "wikitext2": datasets.read_wikitext,
             "hellaswag": datasets.read_hellaswag}[task]
-    docs = read(path)[:limit]
+    return read(path)[:limit]
+
+
+def score_benchmark(model, tokenizer: Tokenizer, task: str, docs: list, batch_size: int = 8, progress: bool = False
+                    ) -> Result:
+    """Score the documents of `task` by its protocol (the module's docstring)."""
+    check_task(task)
+    check_batch_size(batch_size)
     score = {"lambada": score_lambada, "wikitext2": score_wikitext2, "hellaswag": score_hellaswag}[task]
     figures, samples = score(model, tokenizer, docs, batch_size, progress)
     return Result(task, figures, samples)
