@@ -6,6 +6,7 @@ greedy and accuracy decisions wherever the margin exceeds 1e-4; the same aggrega
 from __future__ import annotations
 
 import bz2
+import re
 import json
 import math
 import os
@@ -281,3 +282,154 @@ def test_lambada_perplexity_is_exp_of_minus_the_mean_passage_log_likelihood(shor
     lls = [s["continuations"][0]["loglikelihood"] for s in r.samples]
     assert r.figures["perplexity"] == pytest.approx(math.exp(-np.mean(lls)), rel=1e-12)
     assert r.figures["acc"] == np.mean([s["acc"] for s in r.samples])
+
+
+# --- the data's downloads, against a local server -------------------------------------------------------
+
+
+@pytest.fixture
+def data_server(tmp_path, monkeypatch):
+    """A local server standing in for the three hosts, an empty cache, no waiting between retries."""
+    from minigpt2 import download as dl
+
+    from .httpserver import FileServer
+
+    monkeypatch.setattr(dl, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(dl, "RETRIES", 1)
+    monkeypatch.setenv("MINIGPT2_HOME", str(tmp_path / "cache"))
+    with FileServer() as server:
+        monkeypatch.setenv("MINIGPT2_BASE_URL", server.url)
+        monkeypatch.setattr(datasets, "WIKITEXT2_URL", f"{server.url}/wikitext-2-raw-v1.zip")
+        monkeypatch.setattr(datasets, "HELLASWAG_URL", f"{server.url}/hellaswag_val.jsonl")
+        yield server
+
+
+def serve(server, monkeypatch, name: str, body: bytes, published: bytes | None = None) -> str:
+    """Serve `body` as benchmark `name`'s file; its published hash is that of `published` (default: body)."""
+    import hashlib
+
+    path = {"lambada": "/data/lambada_test.jsonl", "wikitext2": "/wikitext-2-raw-v1.zip",
+            "hellaswag": "/hellaswag_val.jsonl"}[name]
+    server.files[path] = body
+    if name != "lambada":  # LAMBADA's hash is the real file's: serve the real file for it
+        attr = {"wikitext2": "WIKITEXT2_SHA256", "hellaswag": "HELLASWAG_SHA256"}[name]
+        monkeypatch.setattr(datasets, attr, hashlib.sha256(published or body).hexdigest())
+    return path
+
+
+def run_evaluate(capsys, *argv) -> tuple[int, str, str]:
+    from minigpt2.evaluate.__main__ import evaluate_main
+
+    code = evaluate_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("minigpt2-evaluate")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def cache_files(tmp_path) -> list[str]:
+    data = tmp_path / "cache" / "data"
+    return sorted(p.name for p in data.iterdir() if not p.name.endswith(".lock")) if data.exists() else []
+
+
+@pytest.mark.reference
+def test_lambada_downloads_once_checked_and_scores(data_server, monkeypatch, capsys, tmp_path):
+    real = eval_file("lambada_test.jsonl").read_bytes()
+    path = serve(data_server, monkeypatch, "lambada", real)
+    code, out, _ = run_evaluate(capsys, "lambada", "--model", "tiny", "--limit", "3", "--json")
+    assert code == 0
+    figures = json.loads(out)
+    assert figures["task"] == "lambada" and figures["n"] == 3 and 0 <= figures["acc"] <= 1
+    assert cache_files(tmp_path) == ["lambada_test.jsonl"]
+    assert (tmp_path / "cache" / "data" / "lambada_test.jsonl").read_bytes() == real
+    run_evaluate(capsys, "lambada", "--model", "tiny", "--limit", "2")
+    assert [p for p, _ in data_server.requests] == [path], "the second run reads the cache"
+
+
+@pytest.mark.parametrize("fault", ["404", "checksum", "truncated body", "connection cut short"])
+def test_a_failed_download_is_one_line_naming_the_url_and_leaves_nothing(data_server, monkeypatch, capsys,
+                                                                         tmp_path, fault):
+    body = "".join(json.dumps({"text": f"passage number {i}"}) + "\n" for i in range(50)).encode()
+    path = serve(data_server, monkeypatch, "hellaswag", body)
+    if fault == "404":
+        data_server.faults[path] = ["404"] * 3
+    elif fault == "checksum":
+        data_server.files[path] = body.replace(b"number", b"NUMBER")
+    elif fault == "truncated body":  # a complete answer of a file cut short: only the hash can tell
+        data_server.files[path] = body[: len(body) // 2]
+    else:
+        data_server.faults[path] = ["short"] * 3
+    code, _, err = run_evaluate(capsys, "hellaswag", "--model", "tiny")
+    assert code == 2
+    line = one_line(err)
+    assert f"{data_server.url}{path}" in line
+    assert ("HTTP 404" in line) if fault == "404" else True
+    assert ("sha256" in line) if fault in ("checksum", "truncated body") else True
+    assert cache_files(tmp_path) == [], "nothing half-written, nothing unchecked, left in the cache"
+
+
+def test_wikitext2_is_read_inside_its_downloaded_archive(data_server, monkeypatch, capsys, tmp_path, spread):
+    import io
+    import zipfile
+
+    pages = harness_articles(eval_file("wikitext-2/test.txt").read_text(encoding="utf-8").split("\n"))[:2]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("wikitext-2-raw/wiki.train.raw", " = Other = \n text \n")
+        z.writestr("wikitext-2-raw/wiki.test.raw", "\n".join(pages))
+    serve(data_server, monkeypatch, "wikitext2", archive.getvalue())
+    model, tok, model_dir = spread
+    code, out, err = run_evaluate(capsys, "wikitext2", "--model", str(model_dir), "--json")
+    assert code == 0, err
+    figures = json.loads(out)
+    text = tmp_path / "wiki.txt"
+    text.write_text("\n".join(pages), encoding="utf-8")
+    assert figures["n"] == 2
+    assert figures["word_perplexity"] == pytest.approx(zero_shot(model, tok, "wikitext2", text).figures[
+        "word_perplexity"], rel=1e-6)
+
+
+# --- the command line's bad input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lambda"], r"lambda is neither a file nor a benchmark \(the benchmarks: lambada, wikitext2, hellaswag\)"),
+    (["{d}/x.jsonl", "--task", "squad"], "--task 'squad' is not a benchmark: the known ones are lambada, wikitext2"),
+    (["{d}/l.jsonl", "--task", "lambada", "--limit", "0"], "--limit must be a positive number"),
+    (["{d}/l.jsonl", "--task", "lambada", "--limit", "-3"], "--limit must be a positive number"),
+    (["{d}/h.txt", "--task", "hellaswag"], "h.txt line 2: expected the label of the item starting on line 1, 0 to 3"),
+    (["{d}/h.jsonl", "--task", "hellaswag"], "h.jsonl line 1: expected a HellaSwag item with activity_label"),
+    (["{d}/l.jsonl", "--task", "lambada", "--log-samples", "{d}"], "--log-samples .* is a directory"),
+    (["{d}/w.txt", "--task", "wikitext2"], "w.txt: expected WikiText, articles each starting with a ' = Title = '"),
+    (["{d}/bad.jsonl", "--task", "lambada"], "bad.jsonl line 2: expected a LAMBADA passage"),
+    (["{d}/a.txt", "--limit", "5"], "--limit applies to benchmarks"),
+])
+def test_bad_benchmark_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "l.jsonl").write_text('{"text": "a b c"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"text": "a b c"}\n["not", "an", "object"]\n')
+    (tmp_path / "h.txt").write_text("Ctx: a man\nfour\na\nb\nc\nd\n")
+    (tmp_path / "h.jsonl").write_text('{"activity_label": "x", "ctx_a": "y", "ctx_b": "", "endings": ["a"], '
+                                      '"label": 0}\n')
+    (tmp_path / "w.txt").write_text("just some text\nwith no titles\n")
+    (tmp_path / "a.txt").write_text("text")
+    code, _, err = run_evaluate(capsys, *[a.format(d=tmp_path) for a in argv], "--model", "tiny")
+    assert code == 2
+    assert re.search(message, one_line(err)), err
+
+
+def test_truncation_is_said_and_counted(tmp_path, capsys):
+    long = " ".join(["word"] * 400)
+    (tmp_path / "l.jsonl").write_text(json.dumps({"text": long}) + "\n" + json.dumps({"text": "a short one"}) + "\n")
+    out = tmp_path / "samples.jsonl"
+    code, stdout, err = run_evaluate(capsys, str(tmp_path / "l.jsonl"), "--task", "lambada", "--model", "tiny",
+                                     "--log-samples", str(out))
+    assert code == 0
+    assert "1 of 2 passages are longer than the model's context (128 tokens) and were scored left-truncated" in err
+    assert stdout.startswith("lambada: 2 passages, acc ")
+    samples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s["doc_id"] for s in samples] == [0, 1] and samples[0]["gold"] == " word"
+    assert set(samples[0]["continuations"][0]) == {"text", "loglikelihood", "tokens", "is_greedy"}
