@@ -10,7 +10,8 @@ and >= 2x transformers' tokenizer; the 1558M model runs in under 8 GB. Training 
 of the hardware"): a step >= 1.3x transformers' tokens/s and >= 60% of the matrix-product bound, peak RSS
 <= 0.7x transformers', fine-tuning the 774M shape at 1 x 256 tokens in under 16 GB. The explorer page
 (--only-explore): explore() <= 2 s at 128 tokens; the page <= 3 MB and interactive <= 1 s in headless Chromium
-at 128 tokens, <= 12 MB and 3 s at 1024.
+at 128 tokens, <= 12 MB and 3 s at 1024. Zero-shot (--only-zeroshot, scripts/bench_zeroshot.py): LAMBADA >= 1.2x
+lm-evaluation-harness's hf backend, all 5,153 passages in under 20 minutes.
 
 Needs the test and reference extras (pip install -e ".[test,reference]"), with torch installed as you want
 it (a CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu).
@@ -56,6 +57,8 @@ def parse_args():
     p.add_argument("--only-explore", action="store_true", help="only the explorer rows: model.explore at 128 tokens "
                    "(against the plain forward pass), the page's size at 128 and 1024 tokens and the time until it is "
                    "interactive in headless Chromium")
+    p.add_argument("--only-zeroshot", action="store_true", help="only the zero-shot rows: LAMBADA at this shape "
+                   "against lm-evaluation-harness's hf backend, and all 5,153 passages (scripts/bench_zeroshot.py)")
     p.add_argument("--train-shapes", default="4x128,8x256", help="batch x tokens of the training rows")
     p.add_argument("--mpi", action="store_true", help="add the data-parallel training rows: --ranks processes "
                    "under mpiexec sharing the cores (one BLAS thread each on 2 cores) at the training shapes, and "
@@ -630,6 +633,11 @@ def measure_explore(model: GPT2, rows: list, results: dict) -> None:
 
 def main() -> int:
     reps, n_new = ARGS.reps, ARGS.new_tokens
+    if ARGS.only_zeroshot:
+        sys.path.insert(0, str(REPO / "scripts"))
+        import bench_zeroshot
+
+        return bench_zeroshot.main(["--full", "--threads", str(ARGS.threads)])
     config = GPT2Config.from_name(ARGS.size)
     model = GPT2.init(config, seed=0)
     if ARGS.only_explore:

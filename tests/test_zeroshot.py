@@ -19,6 +19,7 @@ from minigpt2.evaluate import datasets
 from minigpt2.evaluate.loglikelihood import loglikelihoods, rolling_windows
 from minigpt2.evaluate.zeroshot import harness_pair, lambada_split, zero_shot
 
+from . import harness
 from .conftest import SHARED, require
 
 EVAL = SHARED / "data" / "eval"
@@ -32,32 +33,10 @@ def eval_file(name: str):
     return path
 
 
-# --- lm-evaluation-harness, offline -----------------------------------------------------------------
-
-
 def run_harness(model_dir, task: str, data_file, split: str) -> tuple[dict, list[dict]]:
-    """lm-evaluation-harness's own task `task` (its YAML, functions and metrics) on `data_file` (JSON lines),
-    scored by its `hf` backend loading `model_dir` with batch size 8, float32: (figures, samples by doc_id)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    """lm-evaluation-harness's own task on a local data file, its hf backend on the model (tests/harness.py)."""
     require("lm_eval")
-    import lm_eval.tasks
-    from lm_eval.api.task import ConfigurableTask
-    from lm_eval.evaluator import evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    yaml = {"lambada_openai": "lambada/lambada_openai.yaml", "wikitext": "wikitext/wikitext.yaml",
-            "hellaswag": "hellaswag/hellaswag.yaml"}[task]
-    config = load_yaml(os.path.join(os.path.dirname(lm_eval.tasks.__file__), yaml))
-    splits = {config[k] for k in ("training_split", "validation_split", "test_split") if config.get(k)}
-    assert split in splits, f"{task} scores its {splits} splits, not {split}"
-    config.update(dataset_path="json", dataset_name=None,
-                  dataset_kwargs={"data_files": {s: str(data_file) for s in splits}})  # only `split` is scored
-    lm = HFLM(pretrained=str(model_dir), batch_size=8, device="cpu", dtype="float32")
-    out = evaluate(lm=lm, task_dict={task: ConfigurableTask(config=config)}, log_samples=True, bootstrap_iters=0)
-    figures = {k.split(",")[0]: v for k, v in out["results"][task].items() if k.endswith(",none")}
-    return figures, sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    return harness.run_harness(model_dir, task, data_file, split)
 
 
 @pytest.fixture(scope="module")
