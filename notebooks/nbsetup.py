@@ -46,6 +46,17 @@ def gpt2_tokenizer() -> Tokenizer:
     return Tokenizer.from_pretrained("tiny")
 
 
+def eval_file(name: str) -> Path | None:
+    """An evaluation set's file if it is on this machine (../shared/data/eval, or the cache where
+    `python -m minigpt2.evaluate lambada` puts what it downloads), else None."""
+    from minigpt2.download import cache_dir
+
+    for path in (SHARED / "data" / "eval" / name, cache_dir() / "data" / name):
+        if path.is_file():
+            return path
+    return None
+
+
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
              "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "AR PL UMing CN")
 

@@ -412,3 +412,13 @@ def test_truncation_is_said_and_counted(tmp_path, capsys):
     samples = [json.loads(line) for line in out.read_text().splitlines()]
     assert [s["doc_id"] for s in samples] == [0, 1] and samples[0]["gold"] == " word"
     assert set(samples[0]["continuations"][0]) == {"text", "loglikelihood", "tokens", "is_greedy"}
+
+
+def test_the_last_block_at_the_read_positions_alone_equals_the_whole_forward(short_model):
+    from minigpt2.evaluate.loglikelihood import states_at
+    from minigpt2.model import transformer
+
+    ids = np.random.default_rng(1).integers(0, 300, (3, 20))
+    where = np.array([[0, 19], [0, 5], [1, 0], [2, 11], [2, 12]])
+    whole = transformer(ids, short_model.params, short_model.config)[tuple(where.T)]  # [N, C]
+    np.testing.assert_allclose(states_at(short_model, ids, where), whole, rtol=1e-5, atol=1e-6)

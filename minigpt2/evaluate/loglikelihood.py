@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from ..checks import is_whole
 from ..config import ArgumentError
-from ..model import KVCache, transformer
-from ..ops import linear
+from ..model import KVCache, attention_scores, block, causal_mask, dense, merge_heads, mlp, split_heads, transformer
+from ..ops import layer_norm, linear, softmax
 
 HEAD_ROWS = 1024  # scored positions per pass through the LM head: [1024, V] float32 logits, 206 MB for GPT-2
 
@@ -143,10 +143,9 @@ def score_rows(model, rows: list[tuple[list[int], int]], batch_size: int, bar=No
         for b, i in enumerate(batch):
             tokens = rows[i][0]
             ids[b, : len(tokens) - 1] = tokens[:-1]
-        h = transformer(ids, model.params, model.config)  # [B, T, C]
         where = [(b, len(rows[i][0]) - 1 - rows[i][1] + j) for b, i in enumerate(batch) for j in range(rows[i][1])]
         targets = np.concatenate([rows[i][0][-rows[i][1]:] for i in batch])  # [N]
-        logp, top = token_logprobs(h[tuple(np.array(where).T)], model.params["wte"], targets)  # [N], [N]
+        logp, top = token_logprobs(states_at(model, ids, np.array(where)), model.params["wte"], targets)  # [N]
         start = 0
         for i in batch:
             k = rows[i][1]
@@ -155,6 +154,37 @@ def score_rows(model, rows: list[tuple[list[int], int]], batch_size: int, bar=No
         if bar is not None:
             bar.update(len(batch))
     return out
+
+
+def states_at(model, ids: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """The final layer norm's output at the positions `where` [N, 2] (row, position) of ids [B, T] -> [N, C].
+
+    When few positions are read (LAMBADA reads one to three of a passage's hundred), the last block runs only
+    at them: a position's output there depends on the other positions through their keys and values alone, so
+    every block before it runs over all positions, the last one its layer norm and c_attn (keys and values)
+    everywhere and the rest (attention, projection, MLP, layer norms) only where it is read. Exact: the same equations,
+    fewer rows (tested against the whole forward)."""
+    params, config = model.params, model.config
+    B, T = ids.shape
+    if len(where) * 2 > B * T:  # most positions are read (rolling windows): the whole forward is as cheap
+        return transformer(ids, params, config)[tuple(where.T)]  # [N, C]
+    *first, last = params["blocks"]
+    x = params["wte"][ids] + params["wpe"][:T]  # [B, T, C]
+    mask = causal_mask(T, T)  # [T, T]
+    for layer, p in enumerate(first):
+        x = block(x, p, config, layer, None, mask)  # [B, T, C]
+    eps, C, H = config.layer_norm_epsilon, config.n_embd, config.n_head
+    rows, positions = where[:, 0], where[:, 1]  # [N], [N]
+    qkv = dense(layer_norm(x, **last["ln_1"], eps=eps), last["attn"]["c_attn"])  # [B, T, 3C]
+    q, k, v = (split_heads(qkv[..., i * C : (i + 1) * C], H) for i in range(3))  # 3 x [B, H, T, D]
+    q = q[rows, :, positions][:, :, None]  # [N, H, 1, D]: the read positions' queries
+    k, v = k[rows], v[rows]  # [N, H, T, D]: the keys and values of each one's row
+    x = x[rows, positions][:, None]  # [N, 1, C]: the read positions' residual stream
+    seen = (np.arange(T) <= positions[:, None])[:, None, None, :]  # [N, 1, 1, T]: its own causal mask
+    z = softmax(attention_scores(q, k, seen)) @ v  # [N, H, 1, D]
+    x = x + dense(merge_heads(z), last["attn"]["c_proj"])  # [N, 1, C]
+    x = x + mlp(layer_norm(x, **last["ln_2"], eps=eps), last["mlp"], len(first))  # [N, 1, C]
+    return layer_norm(x[:, 0], **params["ln_f"], eps=eps)  # [N, C]
 
 
 def score_after_context(model, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
