@@ -82,34 +82,8 @@ def learn_merges(words: Counter[bytes], n_merges: int, progress: bool = True) ->
     """
     token: list[bytes] = [bytes([b]) for b in range(256)]  # id -> bytes
     ids = {t: i for i, t in enumerate(token)}  # bytes -> id
-    sym: list[int] = []
-    weight: list[int] = []
-    for w, f in words.items():
-        sym.extend(w)  # a pre-token's bytes are its first symbols (ids 0..255)
-        weight.extend([f] * len(w))
-    n = len(sym)
-    nxt = list(range(1, n + 1))
-    prv = list(range(-1, n - 1))
-    end = 0
-    for w in words:  # cut the list between pre-tokens
-        end += len(w)
-        nxt[end - 1] = -1
-        if end < n:
-            prv[end] = -1
-    if n:
-        nxt[n - 1] = -1
-
-    def key(a: int, b: int) -> int:  # a pair of ids as one int: a faster dict key than a tuple
-        return a << 32 | b
-
-    counts: dict[int, int] = defaultdict(int)
-    where: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        j = nxt[i]
-        if j != -1:
-            k = key(sym[i], sym[j])
-            counts[k] += weight[i]
-            where[k].append(i)
+    nodes = SymbolList(words)
+    counts, where = nodes.pair_counts()
     heap = [(-c, token[k >> 32], token[k & 0xFFFFFFFF], k) for k, c in counts.items()]
     heapq.heapify(heap)
     merges: list[Pair] = []
@@ -122,10 +96,67 @@ def learn_merges(words: Counter[bytes], n_merges: int, progress: bool = True) ->
         if left + right in ids:
             banned.add(k)
             continue
-        a, b, c = k >> 32, k & 0xFFFFFFFF, len(token)
+        c = len(token)
         token.append(left + right)
         ids[left + right] = c
         merges.append((left, right))
+        changed = nodes.merge(k, c, counts, where)
+        del counts[k]
+        changed.discard(k)
+        for ck in changed:
+            cnt = counts[ck]
+            if cnt > 0:
+                if ck not in banned:
+                    heapq.heappush(heap, (-cnt, token[ck >> 32], token[ck & 0xFFFFFFFF], ck))
+            else:  # no occurrence left (its stale places go too)
+                del counts[ck]
+                where.pop(ck, None)
+        bar.update(1)
+    bar.close()
+    return merges
+
+
+class SymbolList:
+    """The symbols of every distinct pre-token as one linked list: node i holds token id sym[i] and its
+    pre-token's count weight[i]; nxt[i] and prv[i] are its neighbours inside the pre-token (-1: none). A pair
+    of ids (a, b) is one int key, a << 32 | b: a faster dict key than a tuple."""
+
+    def __init__(self, words: Counter[bytes]):
+        self.sym: list[int] = []
+        self.weight: list[int] = []
+        for w, f in words.items():
+            self.sym.extend(w)  # a pre-token's bytes are its first symbols (ids 0..255)
+            self.weight.extend([f] * len(w))
+        n = len(self.sym)
+        self.nxt = list(range(1, n + 1))
+        self.prv = list(range(-1, n - 1))
+        end = 0
+        for w in words:  # cut the list between pre-tokens
+            end += len(w)
+            self.nxt[end - 1] = -1
+            if end < n:
+                self.prv[end] = -1
+        if n:
+            self.nxt[n - 1] = -1
+
+    def pair_counts(self) -> tuple[dict[int, int], dict[int, list[int]]]:
+        """(weighted count of each adjacent pair, the left nodes where each occurs)."""
+        sym, nxt, weight = self.sym, self.nxt, self.weight
+        counts: dict[int, int] = defaultdict(int)
+        where: dict[int, list[int]] = defaultdict(list)
+        for i in range(len(sym)):
+            j = nxt[i]
+            if j != -1:
+                k = sym[i] << 32 | sym[j]
+                counts[k] += weight[i]
+                where[k].append(i)
+        return counts, where
+
+    def merge(self, k: int, c: int, counts: dict[int, int], where: dict[int, list[int]]) -> set[int]:
+        """Merge pair `k` into the new id `c` at each of its places, left to right, updating the neighbouring
+        pairs' counts and places; the keys whose counts changed."""
+        sym, nxt, prv, weight = self.sym, self.nxt, self.prv, self.weight
+        a, b = k >> 32, k & 0xFFFFFFFF
         changed: set[int] = set()
         for i in sorted(where.pop(k)):  # left to right, as merge_pair: "aaa" + (a, a) -> aa, a
             j = nxt[i]
@@ -152,16 +183,4 @@ def learn_merges(words: Counter[bytes], n_merges: int, progress: bool = True) ->
                 prv[q] = i
             sym[i], nxt[i] = c, q  # node i becomes the merged symbol; node j leaves the list
             sym[j] = -1
-        del counts[k]
-        changed.discard(k)
-        for ck in changed:
-            cnt = counts[ck]
-            if cnt > 0:
-                if ck not in banned:
-                    heapq.heappush(heap, (-cnt, token[ck >> 32], token[ck & 0xFFFFFFFF], ck))
-            else:  # no occurrence left (its stale places go too)
-                del counts[ck]
-                where.pop(ck, None)
-        bar.update(1)
-    bar.close()
-    return merges
+        return changed

@@ -122,10 +122,6 @@ class World:
         """Whether `flag` is true on any rank (every rank gets the same answer)."""
         return bool(self.largest(int(flag)))
 
-    def broadcast(self, value):
-        """Rank 0's `value`, on every rank."""
-        return value if self.comm is None else self.comm.bcast(value, root=0)
-
     def abort(self, code: int) -> None:
         """End every rank of the job (a rank that failed must not leave the others waiting in an all-reduce)."""
         if self.comm is not None and self.size > 1:

@@ -4,7 +4,7 @@ Fine-tuning on a task maximises sum_i log P(y_i | x_i): the likelihood of each c
 x, never of the prompt itself. A task file (`.jsonl`) holds one JSON object per line, of one of two kinds:
 
     {"prompt": "2 0 1 =", "completion": " 0 1 2"}                        trained on and scored
-    {"prompt": "Review: dull. Sentiment:", "choices": [" good", " bad"], "answer": 1}     scored (evaluate.py)
+    {"prompt": "Review: dull. Sentiment:", "choices": [" good", " bad"], "answer": 1}     scored (the evaluate package)
 
 The rule for a prompt/completion example:
 

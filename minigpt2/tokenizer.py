@@ -33,6 +33,7 @@ from .tokenizer_fast import bpe, pretokenize, safe_cut_after
 from .vocab import (
     ENDOFTEXT,
     GPT2_SPLIT_PATTERN,
+    VocabError,
     bytes_label,
     byte_order,
     encoder_json_text,
@@ -135,7 +136,7 @@ class Tokenizer:
         try:
             return cls(encoder, merges, special, pattern=pattern)
         except ValueError as e:
-            raise ValueError(f"{where[0]} and {where[1]} do not belong together: {e}") from None
+            raise VocabError(f"{where[0]} and {where[1]} do not belong together: {e}") from None
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
@@ -412,7 +413,7 @@ def read_pattern(text: str | None, where: str) -> str:
         pattern = json.loads(text)["pattern"]
         regex.compile(pattern)
     except (ValueError, KeyError, TypeError, regex.error) as e:
-        raise ValueError(f"{where}: expected {{\"pattern\": <a regular expression>}} ({e})") from None
+        raise VocabError(f"{where}: expected {{\"pattern\": <a regular expression>}} ({e})") from None
     return pattern
 
 
@@ -420,20 +421,20 @@ def read_pattern(text: str | None, where: str) -> str:
 
 
 def check_vocabulary(encoder: dict[bytes, int], merges: list[Pair], special: dict[str, int]) -> None:
-    """Raise ValueError unless the encoder and merges describe one byte-level BPE vocabulary."""
+    """Raise VocabError unless the encoder and merges describe one byte-level BPE vocabulary."""
     missing = [b for b in range(256) if bytes([b]) not in encoder]
     if missing:
-        raise ValueError(f"the vocabulary lacks single-byte tokens for bytes {missing[:8]}; byte-level BPE "
+        raise VocabError(f"the vocabulary lacks single-byte tokens for bytes {missing[:8]}; byte-level BPE "
                          "needs all 256")
     for rank, (left, right) in enumerate(merges):
         for t in (left, right, left + right):
             if t not in encoder:
-                raise ValueError(f"merge #{rank} {token_to_text(left)!r} + {token_to_text(right)!r} uses or makes "
+                raise VocabError(f"merge #{rank} {token_to_text(left)!r} + {token_to_text(right)!r} uses or makes "
                                  f"token {token_to_text(t)!r}, which is not in the encoder")
     ids = list(encoder.values()) + list(special.values())
     if len(set(ids)) != len(ids):
         dup = [i for i, c in Counter(ids).items() if c > 1][:5]
-        raise ValueError(f"ids {dup} are given to more than one token")
+        raise VocabError(f"ids {dup} are given to more than one token")
 
 
 def _surrogate_message(text: str) -> str:

@@ -23,6 +23,11 @@ ENDOFTEXT = "<|endoftext|>"
 EOT_ID = 50256  # GPT-2's <|endoftext|>: its last id
 VOCAB_BPE_HEADER = "#version: 0.2"
 
+
+class VocabError(ValueError):
+    """A vocabulary file that is not GPT-2's format (encoder.json / vocab.json, vocab.bpe / merges.txt); the
+    message names the file and, where it can, the line and the token."""
+
 # OpenAI's pre-tokenizer (encoder.py): contractions, letters, digits, other symbols, whitespace.
 # subtle: `\s+(?!\S)` leaves the last space of a run to start the next word (" world"), so "a   b"
 # splits as ["a", "  ", " b"].
@@ -66,7 +71,7 @@ def text_to_token(text: str, where: str = "vocabulary file") -> bytes:
     try:
         return bytes(table[c] for c in text)
     except KeyError as e:
-        raise ValueError(
+        raise VocabError(
             f"{where}: token {text!r} contains {e.args[0]!r}, which is not one of the 256 byte characters "
             "of GPT-2's byte-to-unicode mapping; is this a GPT-2 style byte-level BPE file?"
         ) from None
@@ -86,16 +91,16 @@ def parse_encoder_json(text: str, merges: list[tuple[bytes, bytes]], where: str 
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError) as e:  # bad JSON, absurd nesting, a number of 100,000 digits
-        raise ValueError(f"{where} is not valid JSON ({str(e)[:200]}); expected GPT-2's encoder.json / vocab.json"
+        raise VocabError(f"{where} is not valid JSON ({str(e)[:200]}); expected GPT-2's encoder.json / vocab.json"
                          ) from None
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{where}: expected a JSON object mapping tokens to ids, got {type(raw).__name__}")
+        raise VocabError(f"{where}: expected a JSON object mapping tokens to ids, got {type(raw).__name__}")
     merged = {token_to_text(a + b) for a, b in merges}
     encoder: dict[bytes, int] = {}
     special: dict[str, int] = {}
     for token, idx in raw.items():
         if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            raise ValueError(f"{where}: token {token!r} has id {idx!r}; ids must be non-negative integers")
+            raise VocabError(f"{where}: token {token!r} has id {idx!r}; ids must be non-negative integers")
         if token.startswith("<|") and token.endswith("|>") and token not in merged:
             special[token] = idx
         else:
@@ -116,10 +121,10 @@ def parse_vocab_bpe(text: str, where: str = "vocab.bpe") -> list[tuple[bytes, by
             continue
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise ValueError(f"{where}, line {lineno}: expected two tokens separated by one space, got {line!r}")
+            raise VocabError(f"{where}, line {lineno}: expected two tokens separated by one space, got {line!r}")
         merges.append((text_to_token(parts[0], where=where), text_to_token(parts[1], where=where)))
     if not merges and not header:
-        raise ValueError(f"{where} holds no merges and no '{VOCAB_BPE_HEADER}' header; expected GPT-2's "
+        raise VocabError(f"{where} holds no merges and no '{VOCAB_BPE_HEADER}' header; expected GPT-2's "
                          "vocab.bpe / merges.txt")
     return merges
 

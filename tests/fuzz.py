@@ -26,7 +26,7 @@ from pathlib import Path
 from minigpt2.crc32c import masked_crc32c
 from minigpt2.tf_checkpoint import TABLE_MAGIC, read_table
 
-ALLOWED = {"CheckpointError", "SafetensorsError", "FormatVersionError", "ValueError", "OSError",
+ALLOWED = {"CheckpointError", "SafetensorsError", "FormatVersionError", "VocabError", "ValueError", "OSError",
            "FileNotFoundError", "FileExistsError", "IsADirectoryError", "TrainingError"}
 MEMORY_LIMIT = 1 << 30  # bytes of address space a child may add to what it inherits
 SECONDS = 20

@@ -40,7 +40,7 @@ ALLOWED = {
     "optim": {"dispatch", "params"},
     "fast": {"backward", "dispatch", "model", "ops", "optim"},  # the tuned forms import the textbook ones
     "tasks": {"backward", "checks", "config", "files", "model", "params", "tokenizer", "vocab"},
-    "evaluate.loglikelihood": {"checks", "config", "model", "ops"},
+    "evaluate.loglikelihood": {"blas", "checks", "config", "machine", "model", "ops"},
     "evaluate.datasets": {"download", "files"},
     "evaluate.zeroshot": {"checks", "config", "tokenizer", "vocab", "evaluate.datasets", "evaluate.loglikelihood"},
     "evaluate": {"backward", "checks", "config", "decoding", "files", "model", "tasks", "tokenizer", "vocab",
@@ -62,7 +62,7 @@ ALLOWED = {
     "generate": {"adapter", "cli", "config", "decoding", "download", "tf_checkpoint", "tokenizer", "vocab"},
     "explore.__main__": {"adapter", "cli", "download", "tf_checkpoint"},
     "train.__main__": {"cli", "distributed", "download", "tf_checkpoint", "train"},
-    "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "tasks", "tf_checkpoint", "tokenizer",
+    "evaluate.__main__": {"adapter", "cli", "download", "evaluate", "files", "tasks", "tf_checkpoint", "tokenizer",
                           "evaluate.datasets", "evaluate.zeroshot"},
     "export": {"cli", "download", "save", "tf_checkpoint", "tokenizer"},
     "__init__": {"config", "dispatch", "fast", "gpt2", "model", "tokenizer", "version"},

@@ -179,9 +179,10 @@ def test_a_checkpoint_file_naming_a_path_with_a_nul_byte_is_the_readers_own_erro
         read_table(str(copy_of_fixture / "model\x00.ckpt.index"))
 
 
-def test_an_encoder_json_with_a_hundred_thousand_digit_id_is_named(vocab_dir, tmp_path):
+def test_an_encoder_json_with_a_hundred_thousand_digit_id_is_the_vocabulary_reader_s_own_error(vocab_dir, tmp_path):
     from minigpt2 import Tokenizer
+    from minigpt2.vocab import VocabError
 
     (tmp_path / "encoder.json").write_text('{"a": ' + "9" * 100_000 + "}")
-    with pytest.raises(ValueError, match=r"encoder.json is not valid JSON \(Exceeds the limit"):
+    with pytest.raises(VocabError, match=r"encoder.json is not valid JSON \(Exceeds the limit"):
         Tokenizer.from_files(tmp_path / "encoder.json", vocab_dir / "vocab.bpe")

@@ -422,3 +422,15 @@ def test_the_last_block_at_the_read_positions_alone_equals_the_whole_forward(sho
     where = np.array([[0, 19], [0, 5], [1, 0], [2, 11], [2, 12]])
     whole = transformer(ids, short_model.params, short_model.config)[tuple(where.T)]  # [N, C]
     np.testing.assert_allclose(states_at(short_model, ids, where), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_continuation_longer_than_the_context_is_scored_on_what_the_model_can_read(short_model):
+    """The harness refuses it; minigpt2 scores its last n_ctx tokens (with their own context) and says so."""
+    rng = np.random.default_rng(2)
+    context, continuation = rng.integers(0, 300, 5).tolist(), rng.integers(0, 300, 40).tolist()  # n_ctx 32
+    (ll, _), = loglikelihoods(short_model, [(context, continuation)])
+    tokens = (context + continuation)[-33:]
+    logits = short_model(tokens[:-1]).astype(np.float64)  # [32, V]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+    assert ll == pytest.approx(float(sum(logp[i, t] for i, t in enumerate(tokens[1:]))), rel=1e-5)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from ..adapter import adapter_base
 from ..cli import Parser, adapted_model, command, fail, parse_in_one_process
 from ..download import DownloadError
+from ..files import write_atomically
 from ..tasks import TaskFileError, is_task_file, read_task_file
 from ..tf_checkpoint import CheckpointError
 from ..tokenizer import Tokenizer
@@ -87,50 +89,39 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         model = adapted_model(name, args.adapter)
         context, stride = check_windows(args.context, args.stride, model.config.n_ctx)  # before any scoring
         tok = Tokenizer.from_pretrained(name)
-        samples = open_samples(args.log_samples)
+        check_samples_path(args.log_samples)
     except (OSError, ValueError, CheckpointError, DownloadError) as e:
         return fail("minigpt2-evaluate", e)
-    with samples:
-        for kind, path, read in inputs:
-            if kind == "benchmark":
-                report_benchmark(model, tok, path, *read, args, samples)
-            elif kind == "task file":
-                try:
-                    scores = score_task_file(model, tok, read, args.batch_size, progress=True)
-                except (TaskFileError, ValueError) as e:
-                    print(f"minigpt2-evaluate: error: {path} {e}", file=sys.stderr)
-                    return 2
-                report_task_file(path, scores, args.json)
-            else:
-                score = evaluate(model, text=read, tokenizer=tok, context=context, stride=stride,
-                                 batch_size=args.batch_size, progress=True)
-                report_text(path, score, args.json)
+    samples: list[str] = []  # --log-samples lines, written at the end, atomically
+    for kind, path, read in inputs:
+        if kind == "benchmark":
+            report_benchmark(model, tok, path, *read, args, samples)
+        elif kind == "task file":
+            try:
+                scores = score_task_file(model, tok, read, args.batch_size, progress=True)
+            except (TaskFileError, ValueError) as e:
+                print(f"minigpt2-evaluate: error: {path} {e}", file=sys.stderr)
+                return 2
+            report_task_file(path, scores, args.json)
+        else:
+            score = evaluate(model, text=read, tokenizer=tok, context=context, stride=stride,
+                             batch_size=args.batch_size, progress=True)
+            report_text(path, score, args.json)
+    if args.log_samples is not None:
+        data = "".join(samples).encode("utf-8")
+        write_atomically(Path(args.log_samples), lambda f: f.write(data))
     return 0
 
 
-class NoSamples:
-    """Where samples go without --log-samples: nowhere."""
-
-    def write(self, line: str) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def open_samples(path: str | None):
-    """The --log-samples file, opened for writing (an error naming it if it cannot be)."""
+def check_samples_path(path: str | None) -> None:
+    """--log-samples names a file that can be written (checked before any scoring)."""
     if path is None:
-        return NoSamples()
+        return
     if os.path.isdir(path):
         raise IsADirectoryError(f"--log-samples {path} is a directory, not a file")
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as e:
-        raise OSError(f"--log-samples {path}: cannot write there: {e.strerror}") from None
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise OSError(f"--log-samples {path}: cannot write there ({parent} is not a writable directory)")
 
 
 def report_benchmark(model, tok, path: str, task: str, docs: list, args, samples) -> None:
@@ -140,8 +131,7 @@ def report_benchmark(model, tok, path: str, task: str, docs: list, args, samples
         print(f"minigpt2-evaluate: {task}: {truncated} of {len(docs)} {UNITS[task]} are longer than the model's "
               f"context ({model.config.n_ctx} tokens) and were scored left-truncated, as the harness does",
               file=sys.stderr)
-    for s in result.samples:
-        samples.write(json.dumps({"task": task, **s}, ensure_ascii=False) + "\n")
+    samples.extend(json.dumps({"task": task, **s}, ensure_ascii=False) + "\n" for s in result.samples)
     if args.json:
         print(json.dumps({"task": task, "file": path, **result.figures}), flush=True)
         return

@@ -16,8 +16,9 @@ r"""documents -> the zero-shot figures of GPT-2's paper, each scored as lm-evalu
 
 Every request is encoded as the harness encodes it (`harness_pair`): the context's trailing whitespace moved to
 the continuation, then the continuation's ids are what encode(context + continuation) adds to encode(context).
-A request longer than the model's context keeps its last n_ctx + 1 tokens (`truncated` counts them). Every
-result reports n, the documents scored.
+A request longer than the model's context keeps its last n_ctx + 1 tokens (`truncated` counts the documents
+with one); beyond the harness, which refuses them, a continuation longer than the context itself is scored on
+its last n_ctx tokens (counted as truncated too). Every result reports n, the documents scored.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from ..checks import is_whole
 from ..config import ArgumentError
@@ -81,17 +83,29 @@ def score_benchmark(model, tokenizer: Tokenizer, task: str, docs: list, batch_si
     return Result(task, figures, samples)
 
 
-def harness_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def harness_pair(tokenizer: Tokenizer, context: str, continuation: str,
+                 context_ids: dict[str, list[int]] | None = None) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) as the harness encodes a loglikelihood request (its _encode_pair); an
-    empty context is [<|endoftext|>]."""
+    empty context is [<|endoftext|>]. `context_ids` memoizes the contexts' encodings (HellaSwag's query is the
+    context of all four endings)."""
     if not context:
         return [tokenizer.special_tokens.get(ENDOFTEXT, EOT_ID)], tokenizer.encode_ordinary(continuation)
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.encode_ordinary(context + continuation)
-    context_ids = tokenizer.encode_ordinary(context)
-    return context_ids, whole[len(context_ids):]
+    memo = {} if context_ids is None else context_ids
+    if context not in memo:
+        memo[context] = tokenizer.encode_ordinary(context)
+    return memo[context], whole[len(memo[context]):]
+
+
+def harness_pairs(tokenizer: Tokenizer, pairs: list[tuple[str, str]], progress: bool = False, desc: str = ""
+                  ) -> list[tuple[list[int], list[int]]]:
+    """harness_pair of every (context, continuation), each context encoded once, with a progress bar."""
+    memo: dict[str, list[int]] = {}
+    return [harness_pair(tokenizer, c, x, memo) for c, x in
+            tqdm(pairs, desc=f"tokenizing {desc}".strip(), unit="request", disable=not progress, leave=False)]
 
 
 def n_truncated(model, requests: list[tuple[list[int], list[int]]], per_document: int = 1) -> int:
@@ -116,7 +130,7 @@ def lambada_split(text: str) -> tuple[str, str]:
 
 def score_lambada(model, tokenizer, texts: list[str], batch_size: int, progress: bool) -> tuple[dict, list[dict]]:
     pairs = [lambada_split(t) for t in texts]
-    requests = [harness_pair(tokenizer, c, x) for c, x in pairs]
+    requests = harness_pairs(tokenizer, pairs, progress, "lambada")
     scores = loglikelihoods(model, requests, batch_size, progress, desc="lambada")
     figures = {"acc": float(np.mean([greedy for _, greedy in scores])),
                "perplexity": math.exp(-float(np.mean([ll for ll, _ in scores]))),
@@ -155,7 +169,8 @@ def wikitext_detokenize(text: str) -> str:
 
 def score_wikitext2(model, tokenizer, articles: list[str], batch_size: int, progress: bool
                     ) -> tuple[dict, list[dict]]:
-    ids = [tokenizer.encode_ordinary(wikitext_detokenize(a)) for a in articles]
+    ids = [tokenizer.encode_ordinary(wikitext_detokenize(a))
+           for a in tqdm(articles, desc="tokenizing wikitext2", unit="article", disable=not progress, leave=False)]
     lls = rolling_loglikelihoods(model, ids, tokenizer.special_tokens.get(ENDOFTEXT, EOT_ID), batch_size, progress,
                                  desc="wikitext2")
     words = [len(re.split(r"\s+", a)) for a in articles]  # the harness's count, empty ends included
@@ -174,7 +189,8 @@ def score_wikitext2(model, tokenizer, articles: list[str], batch_size: int, prog
 
 def score_hellaswag(model, tokenizer, items: list[datasets.Item], batch_size: int, progress: bool
                     ) -> tuple[dict, list[dict]]:
-    requests = [harness_pair(tokenizer, item.query, " " + e) for item in items for e in item.endings]
+    requests = harness_pairs(tokenizer, [(item.query, " " + e) for item in items for e in item.endings], progress,
+                             "hellaswag")
     scores = loglikelihoods(model, requests, batch_size, progress, desc="hellaswag")
     right = right_norm = 0
     samples = []

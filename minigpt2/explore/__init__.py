@@ -165,22 +165,8 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
             progress: bool = False) -> Page:
     """Run `model` on a text (cut by `tok`, exactly tok.encode(text)) or on ids [T], and gather what the page
     shows. `title` heads the page (default: the text's start), `name` says which model (default its size)."""
-    if isinstance(text_or_ids, str):
-        if tok is None:
-            raise ValueError("explore(text) needs the tokenizer that cuts it: model.explore(text, tok)")
-        if not text_or_ids:
-            raise ValueError("the text is empty: there is nothing to look at")
-        ids = np.asarray(tok.encode(text_or_ids), dtype=np.int64)
-    else:
-        ids = np.asarray(text_or_ids)
-        if ids.size == 0:
-            raise ValueError("no tokens: there is nothing to look at")
-        if ids.ndim != 1:
-            raise ValueError(f"explore looks at one text: ids of shape [T], got shape {ids.shape}")
     config = model.config
-    if ids.size > config.n_ctx:
-        raise ValueError(f"the text is {ids.size} tokens, more than this model reads at once (n_ctx = "
-                         f"{config.n_ctx}); explore a part of it, at most {config.n_ctx} tokens")
+    ids = ids_to_explore(text_or_ids, tok, config.n_ctx)
     L, H, T = config.n_layer, config.n_head, ids.size
     K = keys_kept(T, L, H)
     weights, positions = [None] * L, [None] * L
@@ -201,16 +187,7 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
     text = text_or_ids if isinstance(text_or_ids, str) else tok.decode(ids.tolist()) if tok is not None else None
     log_z = log_normaliser(logits)  # [T]
     next_ids, next_logp = most_likely(logits, NEXT_KEPT, log_z)  # [T, k]
-    lens_ids, lens_logp = [], []
-    layers = range(L)
-    if progress:
-        from tqdm.auto import tqdm
-        layers = tqdm(layers, desc="logit lens", unit="layer", delay=0.5)  # drawn only if it takes a while
-    for layer in layers:  # the stream entering each block
-        read = logit_lens(acts[f"blocks.{layer}.resid_pre"], model.params, config)  # [T, V]
-        top_ids, top_logp = most_likely(read, LENS_TOP, log_normaliser(read))
-        lens_ids.append(top_ids)
-        lens_logp.append(top_logp)
+    lens_ids, lens_logp = lens_tops(model, acts, progress)
     # the last block's output read the same way is the model's own prediction: its top tokens are stored already
     lens_ids.append(next_ids[:, :LENS_TOP])
     lens_logp.append(next_logp[:, :LENS_TOP])
@@ -243,6 +220,41 @@ def explore(model, text_or_ids, tok=None, *, title: str | None = None, name: str
                  "ties": exact_ties(next_logp)},
     }
     return Page(data, arrays)
+
+
+def ids_to_explore(text_or_ids, tok, n_ctx: int) -> np.ndarray:
+    """The ids [T] of a text (tok.encode) or the ids given, checked: something to look at, within n_ctx."""
+    if isinstance(text_or_ids, str):
+        if tok is None:
+            raise ValueError("explore(text) needs the tokenizer that cuts it: model.explore(text, tok)")
+        if not text_or_ids:
+            raise ValueError("the text is empty: there is nothing to look at")
+        ids = np.asarray(tok.encode(text_or_ids), dtype=np.int64)
+    else:
+        ids = np.asarray(text_or_ids)
+        if ids.size == 0:
+            raise ValueError("no tokens: there is nothing to look at")
+        if ids.ndim != 1:
+            raise ValueError(f"explore looks at one text: ids of shape [T], got shape {ids.shape}")
+    if ids.size > n_ctx:
+        raise ValueError(f"the text is {ids.size} tokens, more than this model reads at once (n_ctx = "
+                         f"{n_ctx}); explore a part of it, at most {n_ctx} tokens")
+    return ids
+
+
+def lens_tops(model, acts: dict, progress: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The logit lens's LENS_TOP tokens and log-probabilities at the stream entering each block."""
+    lens_ids, lens_logp = [], []
+    layers = range(model.config.n_layer)
+    if progress:
+        from tqdm.auto import tqdm
+        layers = tqdm(layers, desc="logit lens", unit="layer", delay=0.5)  # drawn only if it takes a while
+    for layer in layers:
+        read = logit_lens(acts[f"blocks.{layer}.resid_pre"], model.params, model.config)  # [T, V]
+        top_ids, top_logp = most_likely(read, LENS_TOP, log_normaliser(read))
+        lens_ids.append(top_ids)
+        lens_logp.append(top_logp)
+    return lens_ids, lens_logp
 
 
 def exact_ties(logp: np.ndarray) -> dict[str, list[int]]:
