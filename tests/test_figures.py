@@ -12,8 +12,11 @@ FIGURES = REPO / "docs" / "figures"
 
 
 def shown(value) -> str:
-    """A figure as the docs print it: integers with thousands separators, others to 4 decimals."""
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+    """A figure as the docs print it: integers and figures of 1,000 or more with thousands separators, others to
+    4 decimals."""
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"
 
 
 def figures(name: str) -> dict:

@@ -26,4 +26,5 @@ def test_a_quick_subset_of_the_mutants_is_killed(capsys):
     assert check_mutants.run_mutants(quick) == 0, capsys.readouterr().out
 
 
-QUICK = {"355M with 12 layers", "bfloat16 widened by the wrong shift", "rolling windows without the last one's context"}
+QUICK = {"every sample penalised with sample 0's history", "bfloat16 widened by the wrong shift",
+         "LAMBADA's target without its space"}  # the quickest to catch, about 30 s in all

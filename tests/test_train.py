@@ -371,7 +371,7 @@ def test_two_runs_into_one_directory_one_runs_and_the_other_exits_at_once(patter
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(pattern_data, tmp_path, monkeypatch, capsys):
-    import minigpt2.train.loop as train_module
+    import minigpt2.train.start as train_module
     from minigpt2.train.__main__ import train_main
 
     def interrupted(*args):

@@ -9,7 +9,6 @@ import bz2
 import re
 import json
 import math
-import os
 
 import numpy as np
 import pytest

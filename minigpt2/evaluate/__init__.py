@@ -62,7 +62,7 @@ from ..tasks import (
 from ..tokenizer import Tokenizer
 from ..vocab import ENDOFTEXT, EOT_ID
 from .loglikelihood import check_batch_size, loglikelihoods
-from .zeroshot import BENCHMARKS, Result, zero_shot
+from .zeroshot import BENCHMARKS, Result, zero_shot  # noqa: F401  (the package's interface)
 
 
 @dataclass(frozen=True)

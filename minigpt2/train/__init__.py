@@ -7,7 +7,8 @@ One job a file, in the order the data flows:
     stop.py       Ctrl-C / SIGTERM -> a clean stop, agreed between MPI ranks
     rundir.py     the run's directory: checkpoints, log.jsonl, the lock, settings.json, best/, the summary
     step.py       batches -> one step's loss and gradient; the validation loss; divergence
-    loop.py       a Run (the model, the optimizer, the data) -> steps -> checkpoints: `train`
+    start.py      settings -> a Run (the model, the optimizer, the data): a new run, or a resumed one
+    loop.py       a Run -> steps -> checkpoints: `train`
 
 
     python -m minigpt2.train --data book.txt --out my-gpt2                     # fine-tune GPT-2 124M
@@ -38,9 +39,10 @@ that was never interrupted.
 """
 
 from .data import TaskData, TextData, load_tokens, tokenize, trim_token_cache
-from .loop import Run, prepare_run, run_steps, train
+from .loop import run_steps, train
 from .rundir import BEST_DIR, LOG_FILE, SETTINGS_FILE, read_log_records, run_state, save_checkpoint
 from .settings import OtherRankFailed, TrainConfig, TrainingDiverged, TrainingError
+from .start import Run, prepare_run
 from .step import step_gradient, validator
 from .stop import StepAbandoned, TrainingInterrupted
 
