@@ -77,11 +77,11 @@ def check_targets(targets, ids: np.ndarray, n_vocab: int) -> np.ndarray:
 
 
 @tunable
-def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
+def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, with_grads: bool = True,
                      grad_scale: float = 1.0, head_grad: bool = True,
                      ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Mean cross-entropy of the tied head's logits h @ wte.T: h [..., T, C], targets [..., T] ->
-    (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `backward`. Only the N rows with a
+    (loss, dh [..., T, C], dwte [V, C]), or (loss, None, None) without `with_grads`. Only the N rows with a
     target go through the head. The gradients are those of grad_scale x loss (the seed of the backward).
     head_grad=False (a frozen head, as in a LoRA run): dwte is None and never computed."""
     C = h.shape[-1]
@@ -91,7 +91,7 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
     logits = linear(x, wte)  # [N, C] @ [C, V] -> [N, V]
     nll, probs = cross_entropy(logits, t)  # [N], [N, V]
     loss = float(nll.sum(dtype=np.float64)) / len(rows)
-    if not backward:
+    if not with_grads:
         return loss, None, None
     dlogits = cross_entropy_backward(np.full(len(rows), grad_scale / len(rows), dtype=h.dtype), probs, t)  # [N, V]
     dx = dlogits @ wte  # [N, C]
@@ -306,4 +306,4 @@ def loss_and_grads(ids: np.ndarray, targets: np.ndarray, params: Params, config:
 def loss(ids: np.ndarray, targets: np.ndarray, params: Params, config: GPT2Config) -> float:
     """The mean cross-entropy alone: the plain forward, nothing kept for a backward."""
     h = transformer(ids, params, config)  # [..., T, C]
-    return lm_head_and_loss(h, params["wte"], targets, backward=False)[0]
+    return lm_head_and_loss(h, params["wte"], targets, with_grads=False)[0]

@@ -226,7 +226,7 @@ HEAD_ROWS = 512  # rows of logits made at a time in the LM head: 103 MB at V = 5
 
 
 @tunes(backward.lm_head_and_loss)
-def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backward: bool = True,
+def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, with_grads: bool = True,
                      grad_scale: float = 1.0, head_grad: bool = True,
                      ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Only rows with a target go through the head, HEAD_ROWS at a time,
@@ -237,8 +237,8 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
     rows = np.flatnonzero(t2 >= 0)  # [N] positions that are scored
     n = len(rows)
     total = 0.0
-    dh = np.zeros_like(h2) if backward else None  # [B*T, C]: ignored positions get no gradient
-    dwte = np.empty_like(wte) if backward and head_grad else None  # [V, C], written by the first chunk's product
+    dh = np.zeros_like(h2) if with_grads else None  # [B*T, C]: ignored positions get no gradient
+    dwte = np.empty_like(wte) if with_grads and head_grad else None  # [V, C], written by the first chunk's product
     scratch = None  # [V, C] for the later chunks' products
     buffer = np.empty((min(n, HEAD_ROWS), len(wte)), dtype=h.dtype)  # [HEAD_ROWS, V]: every chunk's logits
     for i in range(0, n, HEAD_ROWS):
@@ -250,7 +250,7 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
         np.exp(z, out=z)
         sums = z.sum(axis=-1, keepdims=True)  # [n, 1]
         total += float((np.log(sums[:, 0]) - picked).sum(dtype=np.float64))  # the chunk's NLL
-        if backward:
+        if with_grads:
             z *= 1.0 / sums  # softmax(logits)
             z[np.arange(len(t)), t] -= 1.0
             z *= np.full((len(t), 1), grad_scale / n, dtype=z.dtype)  # (softmax - onehot) / n: d loss / d logits
@@ -263,7 +263,7 @@ def lm_head_and_loss(h: np.ndarray, wte: np.ndarray, targets: np.ndarray, backwa
                 scratch = np.empty_like(wte) if scratch is None else scratch
                 dwte += np.matmul(z.T, x, out=scratch)
     loss = total / n
-    return (loss, dh.reshape(h.shape), dwte) if backward else (loss, None, None)
+    return (loss, dh.reshape(h.shape), dwte) if with_grads else (loss, None, None)
 
 
 # --- AdamW in cache-sized slices on two threads --------------------------------------------------------

@@ -260,7 +260,7 @@ def completion_nll(examples: list[Example], params: Params, config: GPT2Config, 
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
         inputs, targets = pad_batch(batch)  # [B, T] each
         h = transformer(inputs, params, config)  # [B, T, C]
-        mean = lm_head_and_loss(h, params["wte"], targets, backward=False)[0]
+        mean = lm_head_and_loss(h, params["wte"], targets, with_grads=False)[0]
         n = int((targets >= 0).sum())
         total += mean * n
         count += n

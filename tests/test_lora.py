@@ -457,7 +457,7 @@ def test_the_adapters_dropout_gradient_against_finite_differences():
 
         def loss():  # the forward alone, with the masks replayed
             h = transformer(ids, params, model.config, dropout=drop)
-            return backward.lm_head_and_loss(h, params["wte"], targets, backward=False)[0]
+            return backward.lm_head_and_loss(h, params["wte"], targets, with_grads=False)[0]
 
         check_against_finite_differences(loss, picked, {k: flatten(grads)[k] for k in picked})
     plain = attach(base, adapter, model.lora.scaling)

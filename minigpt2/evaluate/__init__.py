@@ -169,7 +169,7 @@ def score_windows(s: np.ndarray, spans: list[tuple[int, int, int]], model) -> fl
     scored = np.stack([np.arange(begin + 1, end) >= first for begin, end, first in spans])  # [B, T]
     targets[~scored] = -1  # positions an earlier window scored: no loss here (as in training)
     h = transformer(inputs, model.params, model.config)  # [B, T, C]
-    mean = lm_head_and_loss(h, model.params["wte"], targets, backward=False)[0]  # only scored rows get logits
+    mean = lm_head_and_loss(h, model.params["wte"], targets, with_grads=False)[0]  # only scored rows get logits
     return mean * int(scored.sum())
 
 
