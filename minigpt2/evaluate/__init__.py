@@ -30,7 +30,8 @@ A task file (`.jsonl`, see tasks.py) is scored per example instead (`score_task_
 
 `log_likelihood(model, tokenizer, prompt, continuation)` is sum log P(continuation | prompt) alone, with no
 end-of-text (lm-evaluation-harness's loglikelihood); an empty prompt is <|endoftext|>. A prompt longer than
-the model's context keeps its last tokens (the continuation must fit).
+the model's context keeps its last tokens; a continuation longer than the context itself is scored on its last
+n_ctx tokens (loglikelihood.harness_row).
 
 GPT-2's zero-shot benchmarks, `zero_shot(model, tokenizer, "lambada" | "wikitext2" | "hellaswag")`, are scored
 as lm-evaluation-harness scores them: zeroshot.py (the protocols), datasets.py (the files and where they come

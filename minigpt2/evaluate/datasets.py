@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..download import base_url, cache_dir, download_checked
-from ..files import decode_utf8
+from ..files import decode_utf8, read_utf8
 
 
 class BenchmarkFileError(ValueError):
@@ -80,20 +80,19 @@ def fetch(name: str, progress: bool = True) -> Path:
 def read_lines(path: str | os.PathLike, member: str | None = None) -> list[str]:
     """A UTF-8 text file's lines (a .bz2 file decompressed, a .zip file's `member`), named errors."""
     label = os.fspath(path)
+    if not zipfile.is_zipfile(path) and not label.endswith(".bz2"):
+        return read_utf8(path).split("\n")
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-                member = member or next((n for n in names if n.endswith("wiki.test.raw")), None)
-                if member not in names:
-                    raise BenchmarkFileError(f"{label} is a .zip without {member or 'a wiki.test.raw'} inside")
-                raw, label = z.read(member), f"{label}:{member}"
-        elif os.fspath(path).endswith(".bz2"):
+        if label.endswith(".bz2"):
             with bz2.open(path, "rb") as f:
                 raw = f.read()
         else:
-            with open(path, "rb") as f:
-                raw = f.read()
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                member = member if member in names else next((n for n in names if n.endswith("wiki.test.raw")), None)
+                if member is None:
+                    raise BenchmarkFileError(f"{label} is a .zip without a wiki.test.raw inside")
+                raw, label = z.read(member), f"{label}:{member}"
     except FileNotFoundError:
         raise FileNotFoundError(f"{label} does not exist") from None
     except IsADirectoryError:
@@ -142,7 +141,7 @@ def split_articles(lines: list[str]) -> list[str]:
 
 def read_wikitext(path: str | os.PathLike) -> list[str]:
     """WikiText's articles (split_articles) from a WikiText file or the raw release's .zip."""
-    lines = read_lines(path, source("wikitext2").member if zipfile.is_zipfile(path) else None)
+    lines = read_lines(path, source("wikitext2").member)
     if not any(is_title(line) for line in lines):
         raise BenchmarkFileError(f"{os.fspath(path)}: expected WikiText, articles each starting with a ' = Title = ' "
                                  "line, and found no such line")

@@ -87,7 +87,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_siz
             raise ValueError("a request needs a context of at least one token (<|endoftext|> for none)")
     by_context: dict[tuple[int, ...], list[int]] = {}
     for i, (context, continuation) in enumerate(requests):
-        if len(context) + len(continuation) <= n_ctx + 1:  # a truncated row's context is no longer shared
+        if not harness_row(context, continuation, n_ctx)[2]:  # a truncated row's context is no longer shared
             by_context.setdefault(tuple(context), []).append(i)
     shared = [group for group in by_context.values() if len(group) > 1]
     alone = sorted(set(range(len(requests))) - {i for group in shared for i in group})

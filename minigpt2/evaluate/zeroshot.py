@@ -36,7 +36,7 @@ from ..config import ArgumentError
 from ..tokenizer import Tokenizer
 from ..vocab import ENDOFTEXT, EOT_ID
 from . import datasets
-from .loglikelihood import check_batch_size, loglikelihoods, rolling_loglikelihoods
+from .loglikelihood import check_batch_size, harness_row, loglikelihoods, rolling_loglikelihoods
 
 BENCHMARKS = ("lambada", "wikitext2", "hellaswag")
 
@@ -111,7 +111,7 @@ def harness_pairs(tokenizer: Tokenizer, pairs: list[tuple[str, str]], progress: 
 def n_truncated(model, requests: list[tuple[list[int], list[int]]], per_document: int = 1) -> int:
     """How many documents (each `per_document` requests in a row) have a request longer than the model's context
     + 1 (its context loses its first tokens)."""
-    long = [len(c) + len(x) > model.config.n_ctx + 1 for c, x in requests]
+    long = [harness_row(c, x, model.config.n_ctx)[2] for c, x in requests]
     return sum(any(long[i : i + per_document]) for i in range(0, len(long), per_document))
 
 
